@@ -1,0 +1,53 @@
+# swift-ptqd — the two commands are `make demo` and `make test`; both install what they need.
+SHELL := /bin/bash
+SWIFT ?= swift
+SWIFTFLAGS := -c release
+PTQD := .build/release/ptqd
+VENV := .venv-tools
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev dataset-fashion-mnist
+TOOL_PACKAGES := python3-torch python3-venv python3-scipy libopenblas0-pthread
+
+.PHONY: demo test build setup venv fixtures bench train-ddpm clean
+
+## System packages (Debian): oneDNN, libpng, LAPACKE, Fashion-MNIST. Installs only what is missing.
+setup:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+
+build: setup
+	$(SWIFT) build $(SWIFTFLAGS) --product ptqd
+
+## The main job on the bundled model.
+demo: build
+	@mkdir -p out
+	$(PTQD) sample --classes all --n 40 --steps 20 --guidance 3 --seed 0 --out out/demo.png --save-tensors out/demo.safetensors
+
+## The test suite (release mode: C/oneDNN paths and Swift kernels are 50x slower in debug).
+test: setup
+	$(SWIFT) build $(SWIFTFLAGS) --build-tests -Xswiftc -enable-testing
+	$(SWIFT) test $(SWIFTFLAGS) -Xswiftc -enable-testing --skip-build
+
+## Reference tools (PyTorch peer, fixture generation, training): never needed at run time.
+venv:
+	@missing=""; for p in $(TOOL_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	test -x $(PY) || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q "diffusers==0.27.2" safetensors "huggingface_hub<0.26"
+
+fixtures: venv
+	$(PY) tools/make_fixtures.py
+
+## fp32 throughput vs PyTorch (same weights, same threads), bundled model and a ddpm-cifar10-sized one.
+bench: build venv
+	@mkdir -p out
+	test -d out/bench-cifar || $(PY) tools/bench_torch.py --make-random-model out/bench-cifar --config cifar
+	$(PTQD) bench --batches 1,16,64 --torch-python $(PY) --json out/bench-fmnist.json
+	$(PTQD) bench --model out/bench-cifar --batches 1,16,64 --torch-python $(PY) --json out/bench-cifar.json
+
+train-ddpm: venv
+	$(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90
+
+clean:
+	rm -rf .build out

@@ -1,0 +1,40 @@
+// swift-tools-version:5.9
+// swift-ptqd: post-training quantization (PTQD) of diffusion models with real integer CPU kernels.
+import PackageDescription
+
+let package = Package(
+    name: "swift-ptqd",
+    products: [
+        .executable(name: "ptqd", targets: ["ptqd"]),
+        .library(name: "PTQD", targets: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // MARK: - System libraries (Debian packages; no extra flags needed)
+        .systemLibrary(name: "CDNNL", path: "Sources/CDNNL", providers: [.apt(["libdnnl-dev"])]),
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(name: "CLapack", path: "Sources/CLapack", providers: [.apt(["liblapacke-dev"])]),
+
+        // MARK: - Library modules (one concept each)
+        .target(name: "TensorCore", dependencies: ["CDNNL"]),
+        .target(name: "SafeTensors"),
+        .target(name: "Diffusion", dependencies: ["TensorCore", "SafeTensors"]),
+        .target(name: "Evaluation", dependencies: ["TensorCore", "SafeTensors", "CPNG", "CLapack"]),
+        .target(name: "PTQDCommands", dependencies: [
+            "TensorCore", "SafeTensors", "Diffusion", "Evaluation",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "ptqd", dependencies: ["PTQDCommands"]),
+
+        // MARK: - Tests (run in release: `swift test -c release`, see Makefile)
+        .testTarget(name: "TensorCoreTests", dependencies: ["TensorCore"]),
+        .testTarget(name: "SafeTensorsTests", dependencies: ["SafeTensors"], exclude: ["Fixtures"]),
+        .testTarget(name: "DiffusionTests", dependencies: ["Diffusion", "TensorCore", "SafeTensors"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TensorCore", "SafeTensors"],
+                    resources: [.copy("Fixtures")]),
+        .testTarget(name: "CLITests", dependencies: ["PTQDCommands"]),
+    ]
+)

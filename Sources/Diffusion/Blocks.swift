@@ -1,0 +1,129 @@
+//===--- Blocks.swift - diffusers UNet2D building blocks over NHWC ---------===//
+//
+// Each block mirrors the diffusers 0.27.2 module of the same name (parameter names included)
+// at inference: dropout is the identity. Shapes: x `[N, H, W, C]`, temb `[N, timeEmbedDim]`.
+//
+//===----------------------------------------------------------------------===//
+
+import TensorCore
+
+/// `ResnetBlock2D`: GN→SiLU→(resample)→conv1→(+temb)→GN→SiLU→conv2, plus (1×1) shortcut, / outputScale.
+final class ResnetBlock {
+    let norm1: GroupNormParams, norm2: GroupNormParams
+    let conv1: WeightLayer, conv2: WeightLayer
+    let timeProj: WeightLayer
+    let shortcut: WeightLayer?
+    let scaleShift: Bool
+    let resample: Resample
+    let outputScale: Float
+    enum Resample { case none, up, down }
+
+    init(_ s: WeightStore, _ p: String, in cin: Int, out cout: Int, tembChannels: Int, groups: Int, eps: Float,
+         scaleShift: Bool, outputScale: Float, resample: Resample = .none, inputSplit: Int? = nil) throws {
+        norm1 = try s.groupNorm("\(p).norm1", channels: cin, groups: groups, eps: eps)
+        conv1 = try s.conv("\(p).conv1", role: .conv, .k3(cin, cout), inputSplit: inputSplit)
+        timeProj = try s.linear("\(p).time_emb_proj", role: .timeProjection, in: tembChannels, out: scaleShift ? 2 * cout : cout)
+        norm2 = try s.groupNorm("\(p).norm2", channels: cout, groups: groups, eps: eps)
+        conv2 = try s.conv("\(p).conv2", role: .conv, .k3(cout, cout))
+        shortcut = cin != cout ? try s.conv("\(p).conv_shortcut", role: .shortcut, .k1(cin, cout), inputSplit: inputSplit) : nil
+        self.scaleShift = scaleShift
+        self.outputScale = outputScale
+        self.resample = resample
+    }
+
+    var layers: [WeightLayer] { [conv1, timeProj, conv2] + (shortcut.map { [$0] } ?? []) }
+
+    /// - x: `[N, H, W, Cin]`; tembSiLU: `SiLU(temb)` `[N, tembChannels]`.
+    func callAsFunction(_ x0: Tensor, tembSiLU: Tensor) -> Tensor {
+        var x = x0
+        var h = norm1(x, silu: true)
+        switch resample {
+        case .none: break
+        case .up: x = Ops.upsampleNearest2x(x); h = Ops.upsampleNearest2x(h)
+        case .down: x = Ops.avgPool2x(x); h = Ops.avgPool2x(h)
+        }
+        h = conv1(h)
+        let t = timeProj(tembSiLU)
+        if scaleShift {
+            let c = h.shape[3], n = h.shape[0], hw = h.shape[1] * h.shape[2]
+            h = norm2(h)
+            for b in 0..<n { for p in 0..<hw { for i in 0..<c {
+                let idx = (b * hw + p) * c + i
+                h.data[idx] = h.data[idx] * (1 + t.data[b * 2 * c + i]) + t.data[b * 2 * c + c + i]
+            } } }
+            Ops.siluInPlace(h)
+        } else {
+            h = norm2(h, preAdd: t, silu: true)
+        }
+        h = conv2(h)
+        let skip = shortcut.map { $0(x) } ?? x
+        return Ops.residual(skip, h, divisor: outputScale)
+    }
+}
+
+/// diffusers `Attention` as used by UNet2D (`_from_deprecated_attn_block`): GroupNorm → q,k,v →
+/// softmax(q·kᵀ·d^-½)·v per head → out projection → + residual → / rescale.
+final class AttentionBlock {
+    let norm: GroupNormParams?
+    let toQ: WeightLayer, toK: WeightLayer, toV: WeightLayer, toOut: WeightLayer
+    let heads: Int, headDim: Int
+    let rescale: Float
+    /// The two activation×activation products; replaceable (e.g. by quantized kernels).
+    var scores = StridedBatchedMatmul(), values = StridedBatchedMatmul()
+
+    init(_ s: WeightStore, _ p: String, channels c: Int, headDim: Int?, groups: Int?, eps: Float, rescale: Float) throws {
+        let d = headDim ?? c
+        heads = max(c / d, 1)
+        self.headDim = d
+        let inner = heads * d
+        norm = try groups.map { try s.groupNorm("\(p).group_norm", channels: c, groups: $0, eps: eps) }
+        toQ = try s.linear("\(p).to_q", role: .attentionProjection, in: c, out: inner)
+        toK = try s.linear("\(p).to_k", role: .attentionProjection, in: c, out: inner)
+        toV = try s.linear("\(p).to_v", role: .attentionProjection, in: c, out: inner)
+        toOut = try s.linear("\(p).to_out.0", role: .attentionProjection, in: inner, out: c)
+        self.rescale = rescale
+    }
+
+    var layers: [WeightLayer] { [toQ, toK, toV, toOut] }
+
+    /// MACs of the two attention matmuls for `tokens` tokens, per image.
+    func matmulMACs(tokens t: Int) -> Int { 2 * heads * t * t * headDim }
+
+    func callAsFunction(_ x: Tensor) -> Tensor {
+        let (n, hh, ww) = (x.shape[0], x.shape[1], x.shape[2])
+        let t = hh * ww, d = headDim, inner = heads * d
+        let h = norm.map { $0(x) } ?? x
+        let q = toQ(h), k = toK(h), v = toV(h)                      // [N, H, W, inner] = [N, T, inner]
+        let s = Tensor(shape: [n, heads, t, t])
+        let headLayout = StridedBatchedMatmul.Operand(dims: [n, heads, t, d], strides: [t * inner, d, inner, 1])
+        scores.run(a: q.data, headLayout,
+                   b: k.data, .init(dims: [n, heads, d, t], strides: [t * inner, d, 1, inner]),
+                   c: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]))
+        Ops.softmaxRowsInPlace(s.data, rows: n * heads * t, length: t, scale: 1 / Float(d).squareRoot())
+        let o = Tensor(shape: [n, hh, ww, inner])
+        values.run(a: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]),
+                   b: v.data, headLayout, c: o.data, headLayout)
+        return Ops.residual(toOut(o), x, divisor: rescale)
+    }
+}
+
+/// `Downsample2D` (conv, stride 2; padding 0 pads bottom/right by one) or, without a conv, 2×2 average pooling.
+final class Downsample {
+    let conv: WeightLayer
+    init(_ s: WeightStore, _ p: String, channels c: Int, padding: Int) throws {
+        let g = Conv2DGeometry(inChannels: c, outChannels: c, kernelH: 3, kernelW: 3, stride: 2,
+                               padTop: padding, padLeft: padding, padBottom: padding == 0 ? 1 : padding,
+                               padRight: padding == 0 ? 1 : padding)
+        conv = try s.conv("\(p).conv", role: .conv, .init(geometry: g))
+    }
+    func callAsFunction(_ x: Tensor) -> Tensor { conv(x) }
+}
+
+/// `Upsample2D` with a conv: nearest ×2, then 3×3 conv.
+final class Upsample {
+    let conv: WeightLayer
+    init(_ s: WeightStore, _ p: String, channels c: Int) throws {
+        conv = try s.conv("\(p).conv", role: .conv, .k3(c, c))
+    }
+    func callAsFunction(_ x: Tensor) -> Tensor { conv(Ops.upsampleNearest2x(x)) }
+}

@@ -1,0 +1,63 @@
+//===--- DiffusionModel.swift - a diffusers model folder ---------------------===//
+
+import Foundation
+import SafeTensors
+
+/// A UNet plus its scheduler config, loaded from a diffusers folder:
+/// `DIR/unet/{config.json, diffusion_pytorch_model.safetensors}` + `DIR/scheduler/scheduler_config.json`,
+/// or a bare `DIR/{config.json, *.safetensors}` (scheduler config beside it, one level up, or defaults).
+public struct DiffusionModel {
+    public let directory: String
+    public let unet: UNet2D
+    public let scheduler: SchedulerConfig
+    public let unetConfigPath: String
+    public let weightsPath: String
+    /// Where the scheduler config came from (nil = diffusers DDIM defaults).
+    public let schedulerConfigPath: String?
+
+    public static func load(_ path: String) throws -> DiffusionModel {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelError.missingFile(path: path, hint: "pass a diffusers model folder (with unet/config.json or config.json)")
+        }
+        guard isDir.boolValue else {
+            throw ModelError.invalidValue(file: path, field: "--model", reason: "expected a folder in the diffusers layout, not a file")
+        }
+        let base = URL(fileURLWithPath: path)
+        let unetDir: URL
+        if fm.fileExists(atPath: base.appendingPathComponent("unet/config.json").path) { unetDir = base.appendingPathComponent("unet") }
+        else if fm.fileExists(atPath: base.appendingPathComponent("config.json").path) { unetDir = base }
+        else { throw ModelError.missingFile(path: base.appendingPathComponent("unet/config.json").path,
+                                            hint: "expected the diffusers layout (unet/config.json or config.json)") }
+        let configPath = unetDir.appendingPathComponent("config.json").path
+        let config = try UNet2DConfig(path: configPath)
+        let weights = try findWeights(in: unetDir)
+        let file = try SafeTensorsFile(path: weights)
+        let unet = try UNet2D(config: config, weights: file)
+        let candidates = [base.appendingPathComponent("scheduler/scheduler_config.json"),
+                          unetDir.appendingPathComponent("scheduler_config.json"),
+                          unetDir.deletingLastPathComponent().appendingPathComponent("scheduler/scheduler_config.json")]
+        let sched = candidates.first { fm.fileExists(atPath: $0.path) }
+        let schedConfig = try sched.map { try SchedulerConfig(path: $0.path) } ?? .ddimDefault
+        return DiffusionModel(directory: path, unet: unet, scheduler: schedConfig, unetConfigPath: configPath,
+                              weightsPath: weights, schedulerConfigPath: sched?.path)
+    }
+
+    static func findWeights(in dir: URL) throws -> String {
+        let fm = FileManager.default
+        for name in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
+            let p = dir.appendingPathComponent(name).path
+            if fm.fileExists(atPath: p) { return p }
+        }
+        let files = (try? fm.contentsOfDirectory(atPath: dir.path)) ?? []
+        let st = files.filter { $0.hasSuffix(".safetensors") }
+        if st.count == 1 { return dir.appendingPathComponent(st[0]).path }
+        if files.contains(where: { $0.hasSuffix(".bin") || $0.hasSuffix(".ckpt") || $0.hasSuffix(".pt") }) {
+            throw ModelError.missingFile(path: dir.appendingPathComponent("diffusion_pytorch_model.safetensors").path,
+                hint: "only pickle weights found; convert with diffusers: UNet2DModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True)")
+        }
+        throw ModelError.missingFile(path: dir.appendingPathComponent("diffusion_pytorch_model.safetensors").path,
+                                     hint: st.count > 1 ? "several .safetensors files; keep one" : "no weights file")
+    }
+}

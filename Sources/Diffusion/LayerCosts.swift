@@ -1,0 +1,81 @@
+//===--- LayerCosts.swift - per-layer MACs and parameters of a UNet ---------===//
+//
+// Measured by running one batch-1 forward at the config's sample size with counting kernels
+// swapped into every weight layer (then swapped back). Attention's two activation×activation
+// matmuls (QKᵀ and PV) are listed as their own rows. MACs count padded conv taps.
+//
+//===----------------------------------------------------------------------===//
+
+import TensorCore
+
+/// Cost of one layer for one image.
+public struct LayerCost: Sendable {
+    public enum Kind: String, Sendable { case conv, linear, attentionScores = "attn-qk", attentionValues = "attn-pv" }
+    public let name: String
+    public let kind: Kind
+    /// nil for the attention matmuls (no weights).
+    public let role: LayerRole?
+    public let macs: Int
+    public let parameters: Int
+}
+
+/// All layer costs of a UNet forward.
+public struct LayerCosts: Sendable {
+    public let layers: [LayerCost]
+    /// Parameters of the whole model (weight layers, biases, norms, embeddings).
+    public let parameters: Int
+    public var totalMACs: Int { layers.reduce(0) { $0 + $1.macs } }
+    public var convMACs: Int { layers.filter { $0.kind == .conv }.reduce(0) { $0 + $1.macs } }
+
+    /// Measures a UNet at its configured sample size.
+    public static func measure(_ unet: UNet2D) throws -> LayerCosts {
+        let cfg = unet.config
+        final class Counter: WeightLayerKernel {
+            let inner: WeightLayerKernel
+            var inputShape: [Int] = []
+            init(_ inner: WeightLayerKernel) { self.inner = inner }
+            func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
+        }
+        let originals = unet.layers.map(\.kernel)
+        let counters = originals.map(Counter.init)
+        for (l, c) in zip(unet.layers, counters) { l.kernel = c }
+        defer { for (l, k) in zip(unet.layers, originals) { l.kernel = k } }
+        let x = Tensor(shape: [1, cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels])
+        let cond: ClassCondition
+        switch cfg.classEmbedding {
+        case .none: cond = .none
+        case .table, .timestep: cond = .labels([0])
+        case .identity: cond = .embeddings(Tensor(shape: [1, cfg.timeEmbedDim]))
+        }
+        _ = try unet(x, timesteps: [1], condition: cond)
+        var rows: [LayerCost] = []
+        var tokensByQ: [ObjectIdentifier: Int] = [:]
+        for (l, c) in zip(unet.layers, counters) {
+            let params = l.weights.count + (l.bias?.count ?? 0)
+            switch l.kind {
+            case let .conv(g):
+                rows.append(LayerCost(name: l.name, kind: .conv, role: l.role, macs: g.macs(h: c.inputShape[1], w: c.inputShape[2]), parameters: params))
+            case let .linear(i, o):
+                let m = c.inputShape.reduce(1, *) / i
+                rows.append(LayerCost(name: l.name, kind: .linear, role: l.role, macs: m * i * o, parameters: params))
+                tokensByQ[ObjectIdentifier(l)] = m
+            }
+        }
+        // Attention matmuls, placed after each block's out projection.
+        for a in unet.attentionBlocks {
+            let t = tokensByQ[ObjectIdentifier(a.toQ)] ?? 0
+            let prefix = String(a.toQ.name.dropLast(".to_q".count))
+            let half = a.matmulMACs(tokens: t) / 2
+            if let idx = rows.firstIndex(where: { $0.name == a.toOut.name }) {
+                rows.insert(LayerCost(name: "\(prefix).attn_pv", kind: .attentionValues, role: nil, macs: half, parameters: 0), at: idx)
+                rows.insert(LayerCost(name: "\(prefix).attn_qk", kind: .attentionScores, role: nil, macs: half, parameters: 0), at: idx)
+            }
+        }
+        return LayerCosts(layers: rows, parameters: unet.parameterCount)
+    }
+}
+
+extension UNet2D {
+    /// Total parameter count (as stored in the weights file).
+    public var parameterCount: Int { parameterTotal }
+}

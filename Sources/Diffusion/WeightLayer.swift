@@ -1,0 +1,96 @@
+//===--- WeightLayer.swift - the seam between the network and quantization -===//
+//
+// The UNet is built from named weight layers (every Conv2d and Linear of the diffusers model).
+// A layer's `impl` computes it; the network code only calls `layer(x)`. Quantization swaps
+// `impl` for a quantized kernel, calibration for an observer — the model never branches on
+// "is this quantized".
+//
+//===----------------------------------------------------------------------===//
+
+import TensorCore
+
+/// Something that computes a weight layer's output from its input.
+public protocol WeightLayerKernel: AnyObject {
+    /// - Parameter x: conv: `[N, H, W, Cin]`; linear: `[M, inFeatures]`.
+    func forward(_ x: Tensor) -> Tensor
+}
+
+extension FloatConv2D: WeightLayerKernel {}
+extension FloatLinear: WeightLayerKernel {}
+
+/// What a weight layer does in the network; quantization policies key on it.
+public enum LayerRole: String, Codable, Sendable, CaseIterable {
+    case inputConv          // conv_in
+    case outputConv         // conv_out
+    case timeEmbedding      // time_embedding.*, class_embedding.* (TimestepEmbedding)
+    case timeProjection     // resnets' time_emb_proj
+    case conv               // 3x3 convs in ResNet blocks and resamplers
+    case shortcut           // 1x1 conv_shortcut of ResNet blocks
+    case attentionProjection // to_q, to_k, to_v, to_out.0
+}
+
+/// The shape of a weight layer.
+public enum LayerKind: Equatable, Sendable {
+    case conv(Conv2DGeometry)
+    case linear(inFeatures: Int, outFeatures: Int)
+
+    /// Number of weight parameters.
+    public var weightCount: Int {
+        switch self {
+        case let .conv(g): return g.weightCount
+        case let .linear(i, o): return i * o
+        }
+    }
+    /// Output channels / features (the per-channel quantization axis).
+    public var outputs: Int {
+        switch self {
+        case let .conv(g): return g.outChannels
+        case let .linear(_, o): return o
+        }
+    }
+    /// Input channels / features.
+    public var inputs: Int {
+        switch self {
+        case let .conv(g): return g.inChannels
+        case let .linear(i, _): return i
+        }
+    }
+}
+
+/// One Conv2d or Linear of the network, addressed by its diffusers parameter prefix.
+public final class WeightLayer {
+    /// diffusers name, e.g. `down_blocks.0.resnets.1.conv1`.
+    public let name: String
+    public let kind: LayerKind
+    public let role: LayerRole
+    /// fp32 weights in PyTorch layout (`[O, I, KH, KW]` or `[out, in]`) and bias `[O]`.
+    public let weights: [Float]
+    public let bias: [Float]?
+    /// For layers fed by a skip concatenation `[h, skip]` (possibly through GroupNorm/SiLU):
+    /// the number of input channels of the first part. Quantization gives each part its own
+    /// activation quantizer ("shortcut splitting").
+    public let inputSplit: Int?
+    /// The kernel that runs the layer (fp32 by default).
+    public var kernel: WeightLayerKernel
+
+    init(name: String, kind: LayerKind, role: LayerRole, weights: [Float], bias: [Float]?, inputSplit: Int? = nil) {
+        self.name = name; self.kind = kind; self.role = role
+        self.weights = weights; self.bias = bias; self.inputSplit = inputSplit
+        switch kind {
+        case let .conv(g): kernel = FloatConv2D(geometry: g, weights: weights, bias: bias)
+        case let .linear(i, o): kernel = FloatLinear(inFeatures: i, outFeatures: o, weights: weights, bias: bias)
+        }
+    }
+
+    /// Runs the layer.
+    @inline(__always)
+    public func callAsFunction(_ x: Tensor) -> Tensor { kernel.forward(x) }
+
+    /// A fresh fp32 kernel for this layer (e.g. to restore full precision).
+    public func makeFloatKernel() -> WeightLayerKernel {
+        switch kind {
+        case let .conv(g): return FloatConv2D(geometry: g, weights: weights, bias: bias)
+        case let .linear(i, o): return FloatLinear(inFeatures: i, outFeatures: o, weights: weights, bias: bias)
+        }
+    }
+}

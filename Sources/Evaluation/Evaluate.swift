@@ -1,0 +1,69 @@
+//===--- Evaluate.swift - the metrics of one set of generated images, in one call ---===//
+
+import Foundation
+import TensorCore
+
+/// Distribution metrics of generated images against reference data.
+public struct DistributionMetrics: Codable, Equatable, Sendable {
+    public var count: Int
+    public var fid: Double
+    public var inceptionScoreMean: Double
+    public var inceptionScoreStd: Double
+    public var precision: Double
+    public var recall: Double
+    public var k: Int
+    /// Fraction of generated images the feature network classifies as their requested label
+    /// (nil when no labels were given).
+    public var labelAccuracy: Double?
+
+    /// Runs the feature network over `images` (`[N, 32, 32, 1]` in [−1, 1]) and computes FID
+    /// against `reference`, IS (`splits` splits), precision/recall (k-NN, `k`) against the
+    /// reference features, and, if `labels` are given, how often the classifier agrees with them.
+    /// - Throws: any `EvaluationError` of the parts (shapes, NaN, too few samples).
+    public static func evaluate(images: Tensor, network: FeatureNetwork, reference: ReferenceStatistics,
+                                labels: [Int]? = nil, k: Int = 3, splits: Int = 10) throws -> DistributionMetrics {
+        let out = try network.evaluate(images)
+        return try evaluate(features: out.features, logits: out.logits, reference: reference, labels: labels, k: k, splits: splits)
+    }
+
+    /// The same from precomputed features (`[N, D]`) and logits (`[N, classes]`).
+    public static func evaluate(features: Tensor, logits: Tensor, reference: ReferenceStatistics,
+                                labels: [Int]? = nil, k: Int = 3, splits: Int = 10) throws -> DistributionMetrics {
+        let n = features.shape.first ?? 0
+        if let labels, labels.count != n {
+            throw EvaluationError.invalidArgument(what: "labels", reason: "\(labels.count) labels for \(n) images")
+        }
+        let fid = try FID.compute(reference.statistics, FIDStatistics(features: features))
+        let isScore = try InceptionScore.compute(logits: logits, splits: splits)
+        let pr = try PrecisionRecall.compute(real: reference.features, generated: features, k: k)
+        var accuracy: Double? = nil
+        if let labels {
+            let c = logits.shape[1]
+            var hits = 0
+            for i in 0..<n {
+                let row = UnsafeBufferPointer(start: logits.data + i * c, count: c)
+                if row.firstIndex(of: row.max()!) == labels[i] { hits += 1 }
+            }
+            accuracy = Double(hits) / Double(n)
+        }
+        return DistributionMetrics(count: n, fid: fid, inceptionScoreMean: isScore.mean, inceptionScoreStd: isScore.std,
+                                   precision: pr.precision, recall: pr.recall, k: k, labelAccuracy: accuracy)
+    }
+}
+
+/// Paired metrics of two image sets generated from the same noise and labels (e.g. full precision
+/// vs quantized): per-image PSNR and SSIM and their summaries.
+public struct PairedMetrics: Codable, Equatable, Sendable {
+    public var psnr: [Double]
+    public var ssim: [Double]
+    /// Mean and 5th percentile; +∞ PSNR (identical images) counts as ``ImageQuality/psnrCap`` dB.
+    public var psnrSummary: ImageQuality.Summary
+    public var ssimSummary: ImageQuality.Summary
+
+    /// - Parameters: reference, test: `[N, H, W, C]` in [−1, 1] (clamped), same shape, H, W ≥ 11.
+    public static func evaluate(reference: Tensor, test: Tensor) throws -> PairedMetrics {
+        let p = try ImageQuality.psnr(reference, test), s = try ImageQuality.ssim(reference, test)
+        return PairedMetrics(psnr: p, ssim: s, psnrSummary: try ImageQuality.summary(p),
+                             ssimSummary: try ImageQuality.summary(s, cap: .infinity))
+    }
+}

@@ -1,0 +1,139 @@
+//===--- Sample.swift - `ptqd sample` -----------------------------------------===//
+
+import ArgumentParser
+import Diffusion
+import Evaluation
+import Foundation
+import SafeTensors
+import TensorCore
+
+struct Sample: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Generate images from a diffusion model into a PNG grid (and optionally raw tensors).",
+        discussion: """
+        Noise is drawn per image from (seed, image index), so results do not depend on --batch.
+        --noise reads x_T from a safetensors file (tensor 'noise', NCHW like diffusers);
+        --save-tensors writes the final x_0 before clamping (tensor 'samples', NCHW) and the labels.
+        """)
+
+    @OptionGroup var model: ModelOptions
+    @OptionGroup var sampler: SamplerOptions
+    @OptionGroup var runtime: RuntimeOptions
+
+    @Option(help: "output PNG grid") var out: String
+    @Option(name: .customLong("class"), help: "generate only this class label") var classLabel: Int?
+    @Option(help: "'all': equal numbers of every class, one grid row per class") var classes: String?
+    @Option(help: "number of images") var n: Int = 64
+    @Option(help: "images per UNet batch (guidance doubles it)") var batch: Int = 32
+    @Option(help: "random seed") var seed: UInt64 = 0
+    @Option(help: "initial noise x_T from a safetensors file (tensor 'noise', [n, C, H, W])") var noise: String?
+    @Option(name: .customLong("save-tensors"), help: "write the final samples as safetensors (tensor 'samples', NCHW)")
+    var saveTensors: String?
+    @Flag(help: "no progress on stderr") var quiet = false
+
+    func validate() throws {
+        guard n >= 1 else { throw ValidationError("--n must be >= 1, got \(n)") }
+        guard batch >= 1 else { throw ValidationError("--batch must be >= 1, got \(batch)") }
+        if classLabel != nil && classes != nil { throw ValidationError("use either --class N or --classes all, not both") }
+        if let c = classes, c != "all" { throw ValidationError("--classes accepts only 'all', got '\(c)'") }
+        guard out.lowercased().hasSuffix(".png") else { throw ValidationError("--out must name a .png file, got '\(out)'") }
+    }
+
+    func run() throws {
+        runtime.apply()
+        let loaded = try model.load()
+        let unet = loaded.unet
+        let cfg = unet.config
+        let settings = sampler.settings
+        let predictor = try GuidedUNet(unet: unet, guidance: unet.isClassConditional ? settings.guidance : 1,
+                                       nullClass: settings.nullClass)
+        let scheduler = try Sampler.makeScheduler(settings, config: loaded.scheduler)
+        let s = Sampler(scheduler: scheduler, predictor: predictor)
+        // Labels
+        let plan = try LabelPlan(unet: unet, nullClass: predictor.nullClass, n: n, single: classLabel, all: classes == "all")
+        // Initial noise
+        let (h, w, c) = (cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels)
+        var xT: Tensor? = nil
+        if let path = noise {
+            let file = try SafeTensorsFile(path: path)
+            let values = try file.floats("noise", expectedShape: [n, c, h, w])
+            guard values.allSatisfy({ $0.isFinite }) else { throw ValidationError("\(path): tensor 'noise' contains NaN or Inf") }
+            xT = Tensor.fromNCHW(values, n: n, c: c, h: h, w: w)
+        }
+        let progress = ProgressReporter(label: "sample", total: n * scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
+        var outputs: [Tensor] = []
+        for start in stride(from: 0, to: n, by: batch) {
+            let range = start..<min(start + batch, n)
+            let streams = BatchNoise(seed: seed, indices: range)
+            let x0 = xT?.slice(batch: range) ?? streams.next(shape: [range.count, h, w, c])
+            let result = try s.sample(from: x0, labels: plan.labels.map { Array($0[range]) },
+                                      noise: { _, shape in streams.next(shape: shape) },
+                                      onStep: { _, _ in progress.advance(range.count) })
+            guard result.isFinite else { throw ValidationError("sampling produced NaN/Inf (check the model weights and --guidance)") }
+            outputs.append(result)
+        }
+        let samples = Tensor.concatenate(batch: outputs)
+        let grid = ImageGrid(columns: plan.columns, rowLabels: plan.rowLabels(n: n), labelClasses: max(plan.realClasses, 1))
+        try PNGCodec.write(try grid.render(samples), to: out)
+        if let path = saveTensors {
+            var writer = SafeTensorsWriter(metadata: ["format": "ptqd-samples", "settings": settings.jsonString,
+                                                      "seed": "\(seed)", "model": (try? model.resolvedPath()) ?? ""])
+            try writer.add("samples", floats: samples.toNCHW(), shape: [n, c, h, w])
+            if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
+            try writer.write(to: path)
+        }
+        let secs = progress.elapsed
+        print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",
+                     out, n, settings.kind.rawValue, settings.steps, settings.eta, predictor.guidance, secs, Double(n) / secs))
+        if let p = saveTensors { print("wrote \(p): samples [\(n), \(c), \(h), \(w)] fp32") }
+    }
+}
+
+/// Which label each image gets and how the grid is laid out.
+struct LabelPlan {
+    let labels: [Int]?
+    let columns: Int
+    let perClass: Int?
+    /// Number of real (non-null) classes.
+    var realClasses = 0
+
+    init(unet: UNet2D, nullClass: Int?, n: Int, single: Int?, all: Bool) throws {
+        guard unet.isClassConditional else {
+            if single != nil || all { throw ValidationError("this model is unconditional: --class/--classes do not apply") }
+            labels = nil; perClass = nil
+            columns = max(1, Int(Double(n).squareRoot().rounded(.up)))
+            return
+        }
+        let total = unet.config.numClassEmbeds ?? 0
+        // Real classes: all table entries except the null class when it is the last one.
+        let real = (nullClass == total - 1 && total > 1) ? total - 1 : total
+        realClasses = real
+        if let c = single {
+            guard c >= 0 && c < max(total, 1) else { throw ValidationError("--class \(c) is out of range 0..<\(real)") }
+            labels = [Int](repeating: c, count: n); perClass = nil
+            columns = max(1, Int(Double(n).squareRoot().rounded(.up)))
+        } else {
+            guard real > 0 else { throw ValidationError("this model has no class table; pass --class N") }
+            if n % real == 0 {
+                let per = n / real
+                labels = (0..<n).map { $0 / per }; perClass = per
+                columns = per
+            } else {
+                labels = (0..<n).map { $0 % real }; perClass = nil
+                columns = real
+            }
+        }
+    }
+
+    func rowLabels(n: Int) -> [Int]? {
+        guard let labels, let per = perClass, per > 0 else { return nil }
+        return stride(from: 0, to: n, by: per).map { labels[$0] }
+    }
+}
+
+extension SamplerSettings {
+    var jsonString: String {
+        let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
+        return String(data: try! enc.encode(self), encoding: .utf8)!
+    }
+}

@@ -1,0 +1,215 @@
+//===--- Ops.swift - memory-bound tensor ops over NHWC fp32 ----------------===//
+//
+// Each op states its shapes. These are the ops oneDNN does not cover well (or at all in 2.6):
+// GroupNorm, SiLU, softmax, nearest upsampling, channel concat, average pooling, elementwise.
+// Plain reference versions live in `Reference.swift`; tests compare the two.
+//
+//===----------------------------------------------------------------------===//
+
+import Foundation
+
+public enum Ops {
+    /// In-place SiLU `x·σ(x)` over all elements.
+    public static func siluInPlace(_ x: Tensor) {
+        Parallel.forEachChunk(x.count / 16 + 1, minChunk: 4096) { r in
+            let lo = r.lowerBound * 16, hi = min(r.upperBound * 16, x.count)
+            if hi > lo { map16(x.data + lo, hi - lo, vsilu) }
+        }
+    }
+
+    /// SiLU into a new tensor.
+    public static func silu(_ x: Tensor) -> Tensor { let y = x.copy(); siluInPlace(y); return y }
+
+    /// Group normalization (PyTorch `nn.GroupNorm` semantics, biased variance), optionally
+    /// preceded by a per-sample per-channel add and followed by SiLU.
+    ///
+    /// - x: `[N, H, W, C]` (or `[N, T, C]`: any shape `[N, ..., C]`).
+    /// - gamma, beta: `[C]`.
+    /// - preAdd: optional `[N, C]` added to every pixel before normalizing (the ResNet time embedding).
+    /// - returns the normalized tensor, same shape.
+    public static func groupNorm(_ x: Tensor, groups: Int, gamma: [Float], beta: [Float], eps: Float,
+                                 preAdd: Tensor? = nil, silu: Bool = false) -> Tensor {
+        let n = x.shape[0], c = x.shape.last!
+        let hw = x.count / (n * c)
+        precondition(c % groups == 0, "GroupNorm: \(c) channels not divisible by \(groups) groups")
+        precondition(gamma.count == c && beta.count == c, "GroupNorm affine size")
+        if let p = preAdd { precondition(p.shape == [n, c], "GroupNorm preAdd must be [\(n), \(c)], got \(p.shape)") }
+        let y = Tensor(shape: x.shape)
+        let cg = c / groups
+        Parallel.forEachChunk(n) { range in
+            var s = [Double](repeating: 0, count: c), q = [Double](repeating: 0, count: c)
+            var a = [Float](repeating: 0, count: c), b = [Float](repeating: 0, count: c)
+            for bi in range {
+                let base = x.data + bi * hw * c
+                for i in 0..<c { s[i] = 0; q[i] = 0 }
+                // Per-channel sums in Float over row blocks, folded into Double every 64 pixels.
+                var p = 0
+                var fs = [Float](repeating: 0, count: c), fq = [Float](repeating: 0, count: c)
+                while p < hw {
+                    let end = min(p + 64, hw)
+                    for i in 0..<c { fs[i] = 0; fq[i] = 0 }
+                    for px in p..<end {
+                        let row = base + px * c
+                        for i in 0..<c { let v = row[i]; fs[i] += v; fq[i] += v * v }
+                    }
+                    for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fq[i]) }
+                    p = end
+                }
+                let count = Double(hw * cg)
+                for g in 0..<groups {
+                    var sum = 0.0, sq = 0.0
+                    for i in (g * cg)..<((g + 1) * cg) {
+                        let t = preAdd.map { Double($0.data[bi * c + i]) } ?? 0
+                        sum += s[i] + Double(hw) * t
+                        sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
+                    }
+                    let mean = sum / count
+                    let variance = max(sq / count - mean * mean, 0)
+                    let inv = 1 / (variance + Double(eps)).squareRoot()
+                    for i in (g * cg)..<((g + 1) * cg) {
+                        let t = preAdd.map { Double($0.data[bi * c + i]) } ?? 0
+                        a[i] = Float(inv * Double(gamma[i]))
+                        b[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
+                    }
+                }
+                let out = y.data + bi * hw * c
+                a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
+                    for px in 0..<hw {
+                        let src = base + px * c, dst = out + px * c
+                        for i in 0..<c { dst[i] = src[i] * ap[i] + bp[i] }
+                    }
+                } }
+                if silu { map16(out, hw * c, vsilu) }
+            }
+        }
+        return y
+    }
+
+    /// Row-wise softmax of `scale·x` in place: `x` is `[rows, length]`.
+    public static func softmaxRowsInPlace(_ x: UnsafeMutablePointer<Float>, rows: Int, length: Int, scale: Float) {
+        Parallel.forEachChunk(rows, minChunk: 16) { range in
+            for r in range {
+                let row = x + r * length
+                var m = -Float.infinity
+                for i in 0..<length { m = max(m, row[i]) }
+                // softmax(scale·x) = exp(scale·(x − max)) / Σ, valid for scale > 0.
+                let sm = m * scale
+                var sum: Float = 0
+                var i = 0
+                while i + 16 <= length {
+                    let v = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD16<Float>.self)
+                    let e = vexp(v * scale - sm)
+                    sum += e.sum()
+                    UnsafeMutableRawPointer(row + i).storeBytes(of: e, as: SIMD16<Float>.self)
+                    i += 16
+                }
+                while i < length { let e = fastExp(row[i] * scale - sm); row[i] = e; sum += e; i += 1 }
+                let inv = 1 / sum
+                for j in 0..<length { row[j] *= inv }
+            }
+        }
+    }
+
+    /// Nearest-neighbour ×2 upsampling: `[N, H, W, C] → [N, 2H, 2W, C]`.
+    public static func upsampleNearest2x(_ x: Tensor) -> Tensor {
+        let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let y = Tensor(shape: [n, 2 * h, 2 * w, c])
+        Parallel.forEachChunk(n * h, minChunk: 8) { range in
+            for row in range {
+                let b = row / h, iy = row % h
+                let src = x.data + row * w * c
+                for dy in 0..<2 {
+                    let dst = y.data + ((b * 2 * h) + 2 * iy + dy) * 2 * w * c
+                    for ix in 0..<w {
+                        (dst + (2 * ix) * c).update(from: src + ix * c, count: c)
+                        (dst + (2 * ix + 1) * c).update(from: src + ix * c, count: c)
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// 2×2 average pooling, stride 2 (PyTorch `avg_pool2d(kernel_size: 2, stride: 2)`, floor):
+    /// `[N, H, W, C] → [N, H/2, W/2, C]`.
+    public static func avgPool2x(_ x: Tensor) -> Tensor {
+        let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+        let oh = h / 2, ow = w / 2
+        let y = Tensor(shape: [n, oh, ow, c])
+        for b in 0..<n { for oy in 0..<oh { for ox in 0..<ow {
+            let d = y.data + ((b * oh + oy) * ow + ox) * c
+            let s0 = x.data + ((b * h + 2 * oy) * w + 2 * ox) * c
+            let s1 = s0 + w * c
+            for i in 0..<c { d[i] = (s0[i] + s0[c + i] + s1[i] + s1[c + i]) * 0.25 }
+        } } }
+        return y
+    }
+
+    /// Concatenates along channels: `[N, H, W, C1] ++ [N, H, W, C2] → [N, H, W, C1 + C2]`.
+    public static func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
+        precondition(Array(a.shape.dropLast()) == Array(b.shape.dropLast()), "concat: \(a.shape) vs \(b.shape)")
+        let c1 = a.shape.last!, c2 = b.shape.last!
+        let pixels = a.count / c1
+        let y = Tensor(shape: Array(a.shape.dropLast()) + [c1 + c2])
+        for p in 0..<pixels {
+            (y.data + p * (c1 + c2)).update(from: a.data + p * c1, count: c1)
+            (y.data + p * (c1 + c2) + c1).update(from: b.data + p * c2, count: c2)
+        }
+        return y
+    }
+
+    /// Splits channels: `[N, H, W, C] → ([.., C1], [.., C − C1])`.
+    public static func splitChannels(_ x: Tensor, at c1: Int) -> (Tensor, Tensor) {
+        let c = x.shape.last!
+        let pixels = x.count / c
+        let a = Tensor(shape: Array(x.shape.dropLast()) + [c1]), b = Tensor(shape: Array(x.shape.dropLast()) + [c - c1])
+        for p in 0..<pixels {
+            (a.data + p * c1).update(from: x.data + p * c, count: c1)
+            (b.data + p * (c - c1)).update(from: x.data + p * c + c1, count: c - c1)
+        }
+        return (a, b)
+    }
+
+    /// `a += b · scale` elementwise (same shapes).
+    public static func addInPlace(_ a: Tensor, _ b: Tensor, scale: Float = 1) {
+        precondition(a.shape == b.shape, "add: \(a.shape) vs \(b.shape)")
+        for i in 0..<a.count { a.data[i] += b.data[i] * scale }
+    }
+
+    /// `x *= s` elementwise.
+    public static func scaleInPlace(_ x: Tensor, _ s: Float) {
+        for i in 0..<x.count { x.data[i] *= s }
+    }
+
+    /// `(a + b) / divisor` into a new tensor (the ResNet/attention residual).
+    public static func residual(_ a: Tensor, _ b: Tensor, divisor: Float) -> Tensor {
+        precondition(a.shape == b.shape, "residual: \(a.shape) vs \(b.shape)")
+        let y = Tensor(shape: a.shape)
+        if divisor == 1 { for i in 0..<a.count { y.data[i] = a.data[i] + b.data[i] } }
+        else { for i in 0..<a.count { y.data[i] = (a.data[i] + b.data[i]) / divisor } }
+        return y
+    }
+
+    /// Sinusoidal timestep embedding, diffusers `get_timestep_embedding` in float32:
+    /// `[N] → [N, dim]`, `freq_i = exp(−ln(maxPeriod)·i / (dim/2 − shift))`, `[sin, cos]` (or `[cos, sin]` if flipped).
+    public static func timestepEmbedding(_ t: [Float], dim: Int, flipSinToCos: Bool, downscaleFreqShift: Float,
+                                         scale: Float = 1, maxPeriod: Float = 10000) -> Tensor {
+        let half = dim / 2
+        let y = Tensor(shape: [t.count, dim])
+        let c = Float(-Foundation.log(Double(maxPeriod)))
+        var freqs = [Float](repeating: 0, count: half)
+        for i in 0..<half {
+            let e = (c * Float(i)) / (Float(half) - downscaleFreqShift)
+            freqs[i] = Float(Foundation.exp(Double(e)))
+        }
+        for (n, tv) in t.enumerated() {
+            for i in 0..<half {
+                let arg = scale * (tv * freqs[i])
+                let s = Float(Foundation.sin(Double(arg))), co = Float(Foundation.cos(Double(arg)))
+                if flipSinToCos { y.data[n * dim + i] = co; y.data[n * dim + half + i] = s }
+                else { y.data[n * dim + i] = s; y.data[n * dim + half + i] = co }
+            }
+        }
+        return y
+    }
+}

@@ -1,0 +1,142 @@
+//===--- Tensor.swift - dense fp32 tensor, NHWC for images -----------------===//
+//
+// Shape legend used across the package: N = batch, H = height, W = width, C = channels,
+// T = tokens (H·W), M/K = matmul rows/inner dimension.
+//
+//===----------------------------------------------------------------------===//
+
+/// A dense, contiguous fp32 tensor with reference semantics.
+///
+/// Image tensors are NHWC (`[N, H, W, C]`), matrices are row-major (`[M, K]`). Storage is
+/// 64-byte aligned so oneDNN can use it directly. The tensor owns its memory; `deinit` frees it.
+public final class Tensor: @unchecked Sendable {
+    /// Dimensions, outermost first.
+    public let shape: [Int]
+    /// Number of elements (product of `shape`).
+    public let count: Int
+    /// Element storage, `count` floats, 64-byte aligned.
+    public let data: UnsafeMutablePointer<Float>
+
+    /// A zero-filled tensor of the given shape.
+    public init(shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
+        self.shape = shape
+        self.count = shape.reduce(1, *)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        self.data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        data.initialize(repeating: 0, count: max(count, 1))
+    }
+
+    /// A tensor holding `values` (row-major in `shape`).
+    public convenience init(shape: [Int], values: [Float]) {
+        self.init(shape: shape)
+        precondition(values.count == count, "\(values.count) values for shape \(shape)")
+        values.withUnsafeBufferPointer { data.update(from: $0.baseAddress!, count: count) }
+    }
+
+    /// A tensor filled with `value`.
+    public convenience init(shape: [Int], repeating value: Float) {
+        self.init(shape: shape)
+        data.update(repeating: value, count: count)
+    }
+
+    deinit { UnsafeMutableRawPointer(data).deallocate() }
+
+    /// The elements as an array (row-major).
+    public var array: [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
+
+    /// A buffer view of the elements.
+    public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: data, count: count) }
+
+    /// A deep copy.
+    public func copy() -> Tensor {
+        let t = Tensor(shape: shape)
+        t.data.update(from: data, count: count)
+        return t
+    }
+
+    /// The same elements under another shape with the same element count (copies).
+    public func reshaped(_ newShape: [Int]) -> Tensor {
+        precondition(newShape.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
+        let t = Tensor(shape: newShape)
+        t.data.update(from: data, count: count)
+        return t
+    }
+
+    /// Rows `range` of the outermost dimension as a new tensor (copies).
+    public func slice(batch range: Range<Int>) -> Tensor {
+        precondition(range.lowerBound >= 0 && range.upperBound <= shape[0])
+        let inner = shape.dropFirst().reduce(1, *)
+        let t = Tensor(shape: [range.count] + shape.dropFirst())
+        t.data.update(from: data + range.lowerBound * inner, count: range.count * inner)
+        return t
+    }
+
+    /// Concatenates tensors along the outermost dimension.
+    public static func concatenate(batch parts: [Tensor]) -> Tensor {
+        precondition(!parts.isEmpty)
+        let inner = Array(parts[0].shape.dropFirst())
+        precondition(parts.allSatisfy { Array($0.shape.dropFirst()) == inner }, "inner shapes differ")
+        let t = Tensor(shape: [parts.reduce(0) { $0 + $1.shape[0] }] + inner)
+        var offset = 0
+        for p in parts {
+            (t.data + offset).update(from: p.data, count: p.count)
+            offset += p.count
+        }
+        return t
+    }
+
+    /// Largest absolute element (0 for an empty tensor).
+    public var maxAbs: Float {
+        var m: Float = 0
+        for i in 0..<count { m = max(m, abs(data[i])) }
+        return m
+    }
+
+    /// True when every element is finite.
+    public var isFinite: Bool {
+        for i in 0..<count where !data[i].isFinite { return false }
+        return true
+    }
+}
+
+// MARK: - Layout conversion
+
+extension Tensor {
+    /// Builds an NHWC tensor from NCHW data (the PyTorch/diffusers layout).
+    /// - Parameter nchw: `[N, C, H, W]` values, row-major.
+    public static func fromNCHW(_ nchw: [Float], n: Int, c: Int, h: Int, w: Int) -> Tensor {
+        precondition(nchw.count == n * c * h * w, "NCHW data has \(nchw.count) values, expected \(n * c * h * w)")
+        let t = Tensor(shape: [n, h, w, c])
+        nchw.withUnsafeBufferPointer { src in
+            for b in 0..<n { for ch in 0..<c { for y in 0..<h { for x in 0..<w {
+                t.data[((b * h + y) * w + x) * c + ch] = src[((b * c + ch) * h + y) * w + x]
+            } } } }
+        }
+        return t
+    }
+
+    /// This NHWC tensor's elements in NCHW order.
+    public func toNCHW() -> [Float] {
+        precondition(shape.count == 4, "toNCHW needs a 4-D NHWC tensor, got \(shape)")
+        let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3])
+        var out = [Float](repeating: 0, count: count)
+        for b in 0..<n { for y in 0..<h { for x in 0..<w { for ch in 0..<c {
+            out[((b * c + ch) * h + y) * w + x] = data[((b * h + y) * w + x) * c + ch]
+        } } } }
+        return out
+    }
+}
+
+// MARK: - Comparison
+
+/// Relative error used throughout the tests: `max|a − b| / max|b|` (b is the reference).
+public func relativeError(_ a: [Float], _ b: [Float]) -> Float {
+    precondition(a.count == b.count, "sizes differ: \(a.count) vs \(b.count)")
+    var diff: Float = 0, ref: Float = 0
+    for i in 0..<a.count {
+        diff = max(diff, abs(a[i] - b[i]))
+        ref = max(ref, abs(b[i]))
+    }
+    return ref == 0 ? diff : diff / ref
+}

@@ -1,0 +1,2 @@
+import PTQDCommands
+PTQDMain.main()
