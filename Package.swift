@@ -35,6 +35,6 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TensorCore", "SafeTensors"],
                     resources: [.copy("Fixtures")]),
-        .testTarget(name: "CLITests", dependencies: ["PTQDCommands"]),
+        .testTarget(name: "CLITests", dependencies: ["PTQDCommands", "SafeTensors", "TensorCore"]),
     ]
 )

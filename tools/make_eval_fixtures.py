@@ -5,7 +5,7 @@
   noise images in [-1,1]) and PyTorch's features [8,128] / logits [8,10] from
   models/fmnist-features (the exported, BN-folded network run with torch.nn.functional).
 - metrics.safetensors + metrics.json: inputs and numpy/scipy/skimage answers for
-    FID (two correlated 500x16 feature sets, scipy.linalg.sqrtm),
+    FID (two correlated 300x16 feature sets, scipy.linalg.sqrtm),
     IS (500x10 logits, 10 splits),
     precision/recall (k = 3; 120x6 real vs 100x6 generated, brute-force float64 squared distances),
     PSNR / SSIM (skimage.metrics.structural_similarity(gaussian_weights=True, sigma=1.5,
@@ -144,8 +144,8 @@ def metrics_fixture():
     base = rng.normal(size=(d, d))
     l1 = base + 0.3 * rng.normal(size=(d, d))
     l2 = base + 0.3 * rng.normal(size=(d, d))
-    fid_a = (rng.normal(size=(500, d)) @ l1 + 0.2 * rng.normal(size=d)).astype(np.float32)
-    fid_b = (rng.normal(size=(500, d)) @ l2 + 0.2 * rng.normal(size=d)).astype(np.float32)
+    fid_a = (rng.normal(size=(300, d)) @ l1 + 0.2 * rng.normal(size=d)).astype(np.float32)
+    fid_b = (rng.normal(size=(300, d)) @ l2 + 0.2 * rng.normal(size=d)).astype(np.float32)
     fid_value = fid(fid_a, fid_b)
 
     is_logits = (3.0 * rng.normal(size=(500, 10)) + np.eye(10)[rng.integers(0, 10, 500)] * 4).astype(np.float32)

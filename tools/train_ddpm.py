@@ -16,6 +16,8 @@ Progress (step, loss, img/s, ETA) goes to stderr; checkpoints every --ckpt-minut
 """
 import argparse, gzip, json, math, os, sys, time
 
+import safetensors.torch  # noqa: F401  (diffusers 0.27 uses it without importing it)
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -107,6 +109,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--export", help="write the EMA model as a diffusers folder here and exit")
+    ap.add_argument("--init-from", help="start a new run (no checkpoint in --work) from an exported diffusers folder: "
+                                        "its weights initialize both the model and the EMA (optimizer state starts fresh)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.makedirs(args.work, exist_ok=True)
@@ -124,6 +128,15 @@ def main():
         state = ck["state"]
         print(f"resumed at step {state['step']} ({state['images']} images, {state['seconds']/60:.1f} min)", file=sys.stderr)
     else:
+        if args.init_from:
+            src = UNet2DModel.from_pretrained(os.path.join(args.init_from, "unet"))
+            model.load_state_dict(src.state_dict())
+            prev = os.path.join(args.init_from, "training.json")
+            if os.path.exists(prev):
+                with open(prev) as f:
+                    t = json.load(f)
+                state.update(step=t.get("steps", 0), images=t.get("images", 0), seconds=t.get("minutes", 0) * 60)
+            print(f"initialized from {args.init_from} (step {state['step']})", file=sys.stderr)
         ema.load_state_dict(model.state_dict())
         torch.manual_seed(args.seed)
     ema.requires_grad_(False)
@@ -143,6 +156,7 @@ def main():
     loss_ema = None
     log = open(os.path.join(args.work, "train.log"), "a")
     steps_per_epoch = n // args.batch
+    perm_epoch, perm = None, None
 
     def save():
         state["rng"] = torch.get_rng_state()
@@ -152,8 +166,10 @@ def main():
     model.train()
     while time.time() - t_start < args.minutes * 60:
         step = state["step"]
-        if step % steps_per_epoch == 0:
-            perm = torch.randperm(n)
+        epoch = step // steps_per_epoch
+        if perm_epoch != epoch:  # the epoch's order depends only on (seed, epoch): resumable
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.seed * 100003 + epoch))
+            perm_epoch = epoch
         idx = perm[(step % steps_per_epoch) * args.batch:(step % steps_per_epoch + 1) * args.batch]
         x0, y = x_all[idx], y_all[idx].clone()
         y[torch.rand(len(y)) < 0.1] = NULL_CLASS

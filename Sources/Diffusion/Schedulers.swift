@@ -167,7 +167,7 @@ public struct DDPMScheduler: DiffusionScheduler {
     /// no clipping): `c_ε = −(1−α_t)/(√α_t·√(1−ᾱ_t))` in the full-grid case.
     public func epsilonCoefficient(at index: Int) -> Float {
         let (a, ap) = alphas(at: index)
-        let b = 1 - a, bp = 1 - ap
+        let b = 1 - a
         let curA = a / ap, curB = 1 - curA
         let c0 = (ap.squareRoot() * curB) / b
         return -c0 * b.squareRoot() / a.squareRoot()

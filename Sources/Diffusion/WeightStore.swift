@@ -35,10 +35,6 @@ final class WeightStore {
         return values
     }
 
-    func optionalTensor(_ name: String, shape: [Int]) throws -> [Float]? {
-        resolve(name) == nil ? nil : try tensor(name, shape: shape)
-    }
-
     /// Throws if the file holds tensors the config did not ask for.
     func rejectUnused() throws {
         let left = file.names.filter { !used.contains($0) }
@@ -50,13 +46,13 @@ final class WeightStore {
     func conv(_ name: String, role: LayerRole, _ g: Conv2DGeometryArgs, inputSplit: Int? = nil) throws -> WeightLayer {
         let geometry = g.geometry
         let w = try tensor("\(name).weight", shape: [geometry.outChannels, geometry.inChannels, geometry.kernelH, geometry.kernelW])
-        let b = try optionalTensor("\(name).bias", shape: [geometry.outChannels])
+        let b = try tensor("\(name).bias", shape: [geometry.outChannels])
         return WeightLayer(name: name, kind: .conv(geometry), role: role, weights: w, bias: b, inputSplit: inputSplit)
     }
 
     func linear(_ name: String, role: LayerRole, in i: Int, out o: Int) throws -> WeightLayer {
         let w = try tensor("\(name).weight", shape: [o, i])
-        let b = try optionalTensor("\(name).bias", shape: [o])
+        let b = try tensor("\(name).bias", shape: [o])
         return WeightLayer(name: name, kind: .linear(inFeatures: i, outFeatures: o), role: role, weights: w, bias: b)
     }
 

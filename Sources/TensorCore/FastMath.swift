@@ -12,8 +12,12 @@ public typealias Float16x = SIMD16<Float>
 
 @inline(__always)
 public func vexp(_ x0: SIMD16<Float>) -> SIMD16<Float> {
+    // Round-to-nearest and float→int through the 1.5·2^23 "magic number" (plain vector adds and
+    // bit casts: Swift's generic SIMD rounding/conversion initializers are scalar loops).
+    let magic = SIMD16<Float>(repeating: 12582912)
     let x1 = x0.clamped(lowerBound: SIMD16(repeating: -87.3), upperBound: SIMD16(repeating: 88.7))
-    let fx = (x1 * 1.44269504088896341).rounded(.toNearestOrEven)
+    let shifted = x1 * 1.44269504088896341 + magic
+    let fx = shifted - magic
     var x = x1 - fx * 0.693359375
     x = x + fx * 2.12194440e-4
     let z = x * x
@@ -24,8 +28,8 @@ public func vexp(_ x0: SIMD16<Float>) -> SIMD16<Float> {
     y = y * x + 1.6666665459e-1
     y = y * x + 5.0000001201e-1
     y = y * z + x + 1
-    let n = SIMD16<Int32>(fx, rounding: .towardZero) &+ 127
-    let pow2 = unsafeBitCast(n &<< 23, to: SIMD16<Float>.self)
+    let n = unsafeBitCast(shifted, to: SIMD16<Int32>.self) &- 0x4B40_0000
+    let pow2 = unsafeBitCast((n &+ 127) &<< 23, to: SIMD16<Float>.self)
     return y * pow2
 }
 

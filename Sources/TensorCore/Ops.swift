@@ -37,17 +37,19 @@ public enum Ops {
         let y = Tensor(shape: x.shape)
         let cg = c / groups
         Parallel.forEachChunk(n) { range in
-            var s = [Double](repeating: 0, count: c), q = [Double](repeating: 0, count: c)
-            var a = [Float](repeating: 0, count: c), b = [Float](repeating: 0, count: c)
+            // Per-channel partial sums in Float over 64-pixel blocks, folded into Double.
+            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 4 * c)
+            let dsum = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+            defer { scratch.deallocate(); dsum.deallocate() }
+            let fs = scratch, fq = scratch + c, a = scratch + 2 * c, b = scratch + 3 * c
+            let s = dsum, q = dsum + c
             for bi in range {
                 let base = x.data + bi * hw * c
-                for i in 0..<c { s[i] = 0; q[i] = 0 }
-                // Per-channel sums in Float over row blocks, folded into Double every 64 pixels.
+                s.update(repeating: 0, count: 2 * c)
                 var p = 0
-                var fs = [Float](repeating: 0, count: c), fq = [Float](repeating: 0, count: c)
                 while p < hw {
                     let end = min(p + 64, hw)
-                    for i in 0..<c { fs[i] = 0; fq[i] = 0 }
+                    fs.update(repeating: 0, count: 2 * c)
                     for px in p..<end {
                         let row = base + px * c
                         for i in 0..<c { let v = row[i]; fs[i] += v; fq[i] += v * v }
@@ -56,10 +58,11 @@ public enum Ops {
                     p = end
                 }
                 let count = Double(hw * cg)
+                let pre = preAdd.map { $0.data + bi * c }
                 for g in 0..<groups {
                     var sum = 0.0, sq = 0.0
                     for i in (g * cg)..<((g + 1) * cg) {
-                        let t = preAdd.map { Double($0.data[bi * c + i]) } ?? 0
+                        let t = pre.map { Double($0[i]) } ?? 0
                         sum += s[i] + Double(hw) * t
                         sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
                     }
@@ -67,18 +70,16 @@ public enum Ops {
                     let variance = max(sq / count - mean * mean, 0)
                     let inv = 1 / (variance + Double(eps)).squareRoot()
                     for i in (g * cg)..<((g + 1) * cg) {
-                        let t = preAdd.map { Double($0.data[bi * c + i]) } ?? 0
+                        let t = pre.map { Double($0[i]) } ?? 0
                         a[i] = Float(inv * Double(gamma[i]))
                         b[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
                     }
                 }
                 let out = y.data + bi * hw * c
-                a.withUnsafeBufferPointer { ap in b.withUnsafeBufferPointer { bp in
-                    for px in 0..<hw {
-                        let src = base + px * c, dst = out + px * c
-                        for i in 0..<c { dst[i] = src[i] * ap[i] + bp[i] }
-                    }
-                } }
+                for px in 0..<hw {
+                    let src = base + px * c, dst = out + px * c
+                    for i in 0..<c { dst[i] = src[i] * a[i] + b[i] }
+                }
                 if silu { map16(out, hw * c, vsilu) }
             }
         }

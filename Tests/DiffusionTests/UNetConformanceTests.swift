@@ -53,10 +53,12 @@ final class UNetConformanceTests: XCTestCase {
             let meta = try Fixtures.json(name)
             let guidance = Float((meta["guidance"] as? Double) ?? 3)
             let nullClass = meta["null_class"] as? Int
+            var ddpmConfig = model.scheduler
+            if let v = meta["variance_type"] as? String { ddpmConfig.varianceType = try XCTUnwrap(SchedulerConfig.DDPMVariance(rawValue: v)) }
             for (prefix, kind, eta) in [("ddim", SamplerKind.ddim, Float(0)), ("ddim_eta1", .ddim, 1), ("ddpm", .ddpm, 0)] {
                 let steps = try cases.info("\(prefix).timesteps").shape[0]
                 let settings = SamplerSettings(kind: kind, steps: steps, eta: eta, guidance: guidance, nullClass: nullClass)
-                let sampler = Sampler(scheduler: try Sampler.makeScheduler(settings, config: model.scheduler),
+                let sampler = Sampler(scheduler: try Sampler.makeScheduler(settings, config: kind == .ddpm ? ddpmConfig : model.scheduler),
                                       predictor: try GuidedUNet(unet: model.unet, guidance: guidance, nullClass: nullClass))
                 let labels = cases.contains("\(prefix).class_labels") ? try cases.floats("\(prefix).class_labels").map { Int($0) } : nil
                 let noiseName = "\(prefix).variance_noise"

@@ -138,11 +138,11 @@ final class FeatureNetworkTests: XCTestCase {
         let m = try DistributionMetrics.evaluate(images: test.images(half), network: net, reference: second,
                                                  labels: half.map { test.labels[$0] })
         XCTAssertGreaterThan(m.fid, 0)
-        XCTAssertLessThan(m.fid, 5)
+        XCTAssertLessThan(m.fid, 5, "\(m)")
         XCTAssertGreaterThan(m.precision, 0.95)          // every real point lies in its own ball
         XCTAssertGreaterThan(m.recall, 0.5)
         XCTAssertGreaterThan(m.labelAccuracy ?? 0, 0.9)
-        XCTAssertGreaterThan(m.inceptionScoreMean, 5)
+        XCTAssertGreaterThan(m.inceptionScoreMean, 5, "\(m)")
         XCTAssertEqual(m.count, 5000)
 
         // A stale cache (different key) is recomputed, not trusted.

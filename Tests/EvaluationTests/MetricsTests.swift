@@ -47,7 +47,7 @@ final class MetricsTests: XCTestCase {
         let (loaded, meta) = try FIDStatistics.load(path: dir + "/ref.safetensors")
         XCTAssertEqual(loaded, stats)                        // bit-exact (F64 on disk)
         XCTAssertEqual(meta["dataset"], "unit-test")
-        XCTAssertEqual(meta["count"], "500")
+        XCTAssertEqual(meta["count"], "300")
 
         // A file that is not statistics: clear error.
         var w = SafeTensorsWriter(metadata: ["kind": FIDStatistics.kindValue, "count": "10"])
@@ -91,7 +91,7 @@ final class MetricsTests: XCTestCase {
 
     func testInceptionScoreMatchesNumpy() throws {
         let logits = try fixtureTensor(file, "is_logits")
-        let (mean, std) = try InceptionScore.compute(logits: logits, splits: 10)
+        let (mean, std) = try InceptionScore.compute(logits: logits, splits: 10, shuffleSeed: nil)
         XCTAssertLessThan(relErr(mean, expected["is_mean"] as! Double), 1e-3)
         XCTAssertLessThan(relErr(std, expected["is_std"] as! Double), 1e-3)
         XCTAssertLessThan(relErr(mean, expected["is_mean"] as! Double), 1e-10)
@@ -99,8 +99,16 @@ final class MetricsTests: XCTestCase {
         XCTAssertEqual(try InceptionScore.compute(logits: Tensor(shape: [20, 10]), splits: 2).mean, 1, accuracy: 1e-12)
         let onehot = Tensor(shape: [100, 10])
         for i in 0..<100 { onehot.data[i * 10 + i % 10] = 60 }
-        XCTAssertEqual(try InceptionScore.compute(logits: onehot, splits: 10).mean, 10, accuracy: 1e-6)
+        XCTAssertEqual(try InceptionScore.compute(logits: onehot, splits: 10, shuffleSeed: nil).mean, 10, accuracy: 1e-6)
         XCTAssertThrowsError(try InceptionScore.compute(logits: Tensor(shape: [5, 10]), splits: 10))
+        // Class-sorted rows: contiguous splits see one class each (IS ≈ 1); the default shuffled
+        // splits see all classes (IS ≈ 10).
+        let sorted = Tensor(shape: [100, 10])
+        for i in 0..<100 { sorted.data[i * 10 + i / 10] = 60 }
+        XCTAssertEqual(try InceptionScore.compute(logits: sorted, splits: 10, shuffleSeed: nil).mean, 1, accuracy: 1e-6)
+        XCTAssertGreaterThan(try InceptionScore.compute(logits: sorted, splits: 10).mean, 5)
+        // The shuffled mean is close to the contiguous one on unsorted data.
+        XCTAssertLessThan(relErr(try InceptionScore.compute(logits: logits).mean, mean), 0.05)
         let bad = Tensor(shape: [20, 10]); bad.data[13] = .nan
         XCTAssertThrowsError(try InceptionScore.compute(logits: bad)) { error in
             guard case .nonFinite(_, 13)? = error as? EvaluationError else { return XCTFail("\(error)") }

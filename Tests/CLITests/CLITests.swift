@@ -1,0 +1,124 @@
+import Foundation
+import SafeTensors
+import TensorCore
+import XCTest
+
+/// Runs the built `ptqd` binary as a user would: exit codes, one-line errors, outputs on disk.
+final class CLITests: XCTestCase {
+    /// The `ptqd` built beside the test bundle (`.build/<config>/`), else the release build.
+    var binary: URL {
+        let fm = FileManager.default
+        var candidates = CommandLine.arguments.filter { $0.hasSuffix(".xctest") }
+            .map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("ptqd") }
+        candidates.append(Bundle.main.bundleURL.appendingPathComponent("ptqd"))
+        candidates.append(repo.appendingPathComponent(".build/release/ptqd"))
+        return candidates.first { fm.isExecutableFile(atPath: $0.path) } ?? candidates.last!
+    }
+    var repo: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+    var fixture: String { repo.appendingPathComponent("Tests/DiffusionTests/Fixtures/cond_attn_28").path }
+    var tmp: URL!
+
+    override func setUpWithError() throws {
+        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ptqd-cli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: binary.path), "ptqd binary not built at \(binary.path)")
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
+
+    @discardableResult
+    func run(_ args: [String]) throws -> (code: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        p.currentDirectoryURL = repo
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o; p.standardError = e
+        try p.run()
+        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+    }
+
+    func testHelpListsSubcommandsAndOptions() throws {
+        let r = try run(["--help"])
+        XCTAssertEqual(r.code, 0)
+        for s in ["sample", "inspect", "bench"] { XCTAssertTrue(r.out.contains(s), "help lacks \(s)") }
+        let s = try run(["sample", "--help"])
+        for flag in ["--model", "--out", "--steps", "--eta", "--scheduler", "--guidance", "--class", "--classes", "--n", "--batch",
+                     "--seed", "--null-class", "--noise", "--save-tensors", "--threads"] {
+            XCTAssertTrue(s.out.contains(flag), "sample --help lacks \(flag)")
+        }
+    }
+
+    func testSampleWritesPNGAndTensorsDeterministically() throws {
+        let png = tmp.appendingPathComponent("g.png").path, st = tmp.appendingPathComponent("s.safetensors").path
+        let r = try run(["sample", "--model", fixture, "--out", png, "--n", "4", "--batch", "3", "--steps", "3", "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(r.out.contains("wrote"))
+        let pngBytes = try Data(contentsOf: URL(fileURLWithPath: png))
+        XCTAssertEqual(Array(pngBytes.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        let first = try SafeTensorsFile(path: st).floats("samples")
+        XCTAssertEqual(try SafeTensorsFile(path: st).int32s("labels").count, 4)
+        // Same seed, different batching: the same samples (oneDNN may pick other kernels per batch
+        // size, so equality is up to float rounding: relative error ≤ 1e-5).
+        let r2 = try run(["sample", "--model", fixture, "--out", png, "--n", "4", "--batch", "4", "--steps", "3", "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(r2.code, 0, r2.err)
+        let second = try SafeTensorsFile(path: st).floats("samples")
+        XCTAssertLessThanOrEqual(relativeError(second, first), 1e-5)
+        // A different seed gives different samples.
+        let r3 = try run(["sample", "--model", fixture, "--out", png, "--n", "4", "--steps", "3", "--seed", "1", "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(r3.code, 0, r3.err)
+        XCTAssertGreaterThan(relativeError(try SafeTensorsFile(path: st).floats("samples"), first), 1e-2)
+        let left = try FileManager.default.contentsOfDirectory(atPath: tmp.path).filter { $0.contains(".tmp") }
+        XCTAssertEqual(left, [], "temporary files left behind")
+    }
+
+    func testNoiseFileRoundTripAndValidation() throws {
+        // --noise with the wrong shape is refused with a one-line error.
+        let noise = tmp.appendingPathComponent("noise.safetensors").path
+        let st = tmp.appendingPathComponent("s.safetensors").path
+        let r0 = try run(["sample", "--model", fixture, "--out", tmp.appendingPathComponent("a.png").path, "--n", "2", "--steps", "2",
+                          "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(r0.code, 0, r0.err)
+        // A samples file is not a noise file: tensor 'noise' is missing.
+        let r1 = try run(["sample", "--model", fixture, "--out", tmp.appendingPathComponent("b.png").path, "--n", "2", "--noise", st])
+        XCTAssertNotEqual(r1.code, 0)
+        XCTAssertTrue(r1.err.contains("noise"), r1.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmp.appendingPathComponent("b.png").path))
+        _ = noise
+    }
+
+    func testBadFlagsAndInputsFailCleanly() throws {
+        let out = tmp.appendingPathComponent("x.png").path
+        let cases: [[String]] = [
+            ["sample", "--out", out, "--steps", "0", "--model", fixture],
+            ["sample", "--out", out, "--eta", "-1", "--model", fixture],
+            ["sample", "--out", out, "--scheduler", "euler", "--model", fixture],
+            ["sample", "--out", out, "--class", "3", "--classes", "all", "--model", fixture],
+            ["sample", "--out", out, "--class", "99", "--model", fixture, "--steps", "1"],
+            ["sample", "--out", tmp.appendingPathComponent("x.jpg").path, "--model", fixture],
+            ["sample", "--out", out, "--model", "/nonexistent"],
+            ["sample", "--out", out, "--model", fixture, "--steps", "5000"],
+            ["inspect", "/nonexistent.safetensors"],
+            ["sample", "--out", out, "--model", fixture, "--threads", "0"],
+        ]
+        for args in cases {
+            let r = try run(args)
+            XCTAssertNotEqual(r.code, 0, "\(args) should fail")
+            let errorLines = r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            XCTAssertEqual(errorLines.count, 1, "\(args): expected one Error: line, got \(r.err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(args) left an output file")
+        }
+        let garbage = tmp.appendingPathComponent("g.safetensors")
+        try Data([1, 2, 3]).write(to: garbage)
+        let r = try run(["inspect", garbage.path])
+        XCTAssertNotEqual(r.code, 0)
+        XCTAssertTrue(r.err.contains("g.safetensors"), r.err)
+    }
+
+    func testInspectShowsConfigAndTensors() throws {
+        let r = try run(["inspect", fixture])
+        XCTAssertEqual(r.code, 0, r.err)
+        for s in ["UNet2DModel", "conv_in.weight", "F32", "DDIMScheduler", "GMAC"] { XCTAssertTrue(r.out.contains(s), "inspect lacks \(s)") }
+    }
+}

@@ -1,0 +1,112 @@
+import TensorCore
+import XCTest
+
+/// Every fast kernel against its plain reference (Reference.swift / referenceConv2D).
+/// Tolerances: fp32 kernels vs Double references, max|fast − ref| / max|ref| ≤ 1e-5 unless stated.
+final class KernelTests: XCTestCase {
+    override class func setUp() { DNNL.setThreads(2) }
+
+    func random(_ shape: [Int], seed: UInt64, scale: Float = 1) -> Tensor {
+        var s = seed &* 6364136223846793005 &+ 1442695040888963407
+        let t = Tensor(shape: shape)
+        for i in 0..<t.count {
+            s = s &* 6364136223846793005 &+ 1442695040888963407
+            t.data[i] = (Float(s >> 40) / Float(1 << 24) * 2 - 1) * scale
+        }
+        return t
+    }
+
+    func testConvMatchesReferenceAcrossGeometries() {
+        let cases: [(Conv2DGeometry, [Int])] = [
+            (.init(inChannels: 3, outChannels: 8, kernel: 3, stride: 1, padding: 1), [2, 9, 7, 3]),
+            (.init(inChannels: 16, outChannels: 16, kernel: 3, stride: 2, padding: 1), [1, 8, 8, 16]),
+            (.init(inChannels: 8, outChannels: 4, kernel: 1), [3, 5, 5, 8]),
+            (.init(inChannels: 4, outChannels: 4, kernelH: 3, kernelW: 3, stride: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1), [2, 6, 6, 4]),
+            (.init(inChannels: 5, outChannels: 7, kernel: 5, stride: 1, padding: 2), [1, 6, 6, 5]),
+        ]
+        for (i, (g, shape)) in cases.enumerated() {
+            let x = random(shape, seed: UInt64(i))
+            let w = random([g.weightCount], seed: UInt64(100 + i)).array
+            let b = random([g.outChannels], seed: UInt64(200 + i)).array
+            let fast = FloatConv2D(geometry: g, weights: w, bias: b).forward(x)
+            let ref = referenceConv2D(x, geometry: g, weights: w, bias: b)
+            XCTAssertEqual(fast.shape, ref.shape)
+            XCTAssertLessThanOrEqual(relativeError(fast.array, ref.array), 1e-5, "case \(i) \(g)")
+        }
+    }
+
+    func testLinearAndBatchedMatmul() {
+        let x = random([5, 12], seed: 1), w = random([7 * 12], seed: 2).array, b = random([7], seed: 3).array
+        let y = FloatLinear(inFeatures: 12, outFeatures: 7, weights: w, bias: b).forward(x)
+        var wt = [Float](repeating: 0, count: 12 * 7)
+        for o in 0..<7 { for i in 0..<12 { wt[i * 7 + o] = w[o * 12 + i] } }
+        var ref = Reference.matmul(x.array, wt, m: 5, k: 12, n: 7)
+        for r in 0..<5 { for o in 0..<7 { ref[r * 7 + o] += b[o] } }
+        XCTAssertLessThanOrEqual(relativeError(y.array, ref), 1e-5)
+        // Batched, strided: heads read out of a [N, T, C] tensor.
+        let (n, t, heads, d) = (2, 6, 3, 4)
+        let c = heads * d
+        let q = random([n, t, c], seed: 4), k = random([n, t, c], seed: 5)
+        let s = Tensor(shape: [n, heads, t, t])
+        StridedBatchedMatmul().run(a: q.data, .init(dims: [n, heads, t, d], strides: [t * c, d, c, 1]),
+                                   b: k.data, .init(dims: [n, heads, d, t], strides: [t * c, d, 1, c]),
+                                   c: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]))
+        for bi in 0..<n { for h in 0..<heads { for i in 0..<t { for j in 0..<t {
+            var acc: Double = 0
+            for e in 0..<d { acc += Double(q.data[(bi * t + i) * c + h * d + e]) * Double(k.data[(bi * t + j) * c + h * d + e]) }
+            XCTAssertEqual(Double(s.data[((bi * heads + h) * t + i) * t + j]), acc, accuracy: 1e-5)
+        } } } }
+    }
+
+    func testGroupNormWithPreAddAndSiLU() {
+        let x = random([3, 5, 4, 12], seed: 7, scale: 3)
+        for i in 0..<x.count { x.data[i] += 2 }  // non-zero mean stresses the one-pass variance
+        let gamma = random([12], seed: 8).array, beta = random([12], seed: 9).array
+        let pre = random([3, 12], seed: 10)
+        for (p, silu) in [(nil, false), (pre, false), (pre, true)] as [(Tensor?, Bool)] {
+            let fast = Ops.groupNorm(x, groups: 4, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
+            let ref = Reference.groupNorm(x, groups: 4, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
+            XCTAssertLessThanOrEqual(relativeError(fast.array, ref.array), 2e-5, "preAdd \(p != nil) silu \(silu)")
+        }
+    }
+
+    func testSoftmaxSiLUAndExp() {
+        let x = random([7, 37], seed: 11, scale: 20)
+        let fast = x.copy()
+        Ops.softmaxRowsInPlace(fast.data, rows: 7, length: 37, scale: 0.3)
+        XCTAssertLessThanOrEqual(relativeError(fast.array, Reference.softmaxRows(x.array, rows: 7, length: 37, scale: 0.3)), 1e-5)
+        let y = random([1000], seed: 12, scale: 30)
+        XCTAssertLessThanOrEqual(relativeError(Ops.silu(y).array, Reference.silu(y).array), 1e-6)
+        for v: Float in [-87, -20, -1, -1e-3, 0, 1e-3, 0.5, 1, 10, 50, 88] {
+            XCTAssertEqual(fastExp(v), expReference(v), accuracy: expReference(v) * 3e-7, "exp(\(v))")
+        }
+    }
+
+    func testResamplingConcatAndLayout() {
+        let x = random([2, 3, 5, 4], seed: 13)
+        let up = Ops.upsampleNearest2x(x)
+        XCTAssertEqual(up.shape, [2, 6, 10, 4])
+        for b in 0..<2 { for yy in 0..<6 { for xx in 0..<10 { for c in 0..<4 {
+            XCTAssertEqual(up.data[((b * 6 + yy) * 10 + xx) * 4 + c], x.data[((b * 3 + yy / 2) * 5 + xx / 2) * 4 + c])
+        } } } }
+        let pooled = Ops.avgPool2x(random([1, 4, 4, 2], seed: 14))
+        XCTAssertEqual(pooled.shape, [1, 2, 2, 2])
+        let a = random([2, 3, 3, 2], seed: 15), b = random([2, 3, 3, 5], seed: 16)
+        let (a2, b2) = Ops.splitChannels(Ops.concatChannels(a, b), at: 2)
+        XCTAssertEqual(a2.array, a.array); XCTAssertEqual(b2.array, b.array)
+        let nchw = (0..<(2 * 3 * 4 * 5)).map(Float.init)
+        XCTAssertEqual(Tensor.fromNCHW(nchw, n: 2, c: 3, h: 4, w: 5).toNCHW(), nchw)
+    }
+
+    func testTimestepEmbeddingMatchesDefinition() {
+        let e = Ops.timestepEmbedding([0, 1, 999], dim: 8, flipSinToCos: true, downscaleFreqShift: 1)
+        // half = 4, freq_i = exp(-ln(1e4)·i/3): [cos, sin]
+        for (n, t) in [0.0, 1.0, 999.0].enumerated() { for i in 0..<4 {
+            let f = Foundation.exp(-Foundation.log(10000.0) * Double(i) / 3)
+            XCTAssertEqual(Double(e.data[n * 8 + i]), Foundation.cos(t * f), accuracy: 2e-4)
+            XCTAssertEqual(Double(e.data[n * 8 + 4 + i]), Foundation.sin(t * f), accuracy: 2e-4)
+        } }
+    }
+}
+
+import Foundation
