@@ -2,6 +2,7 @@
 
 import ArgumentParser
 import Diffusion
+import Evaluation
 import Foundation
 import TensorCore
 
@@ -19,7 +20,8 @@ struct Bench: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @Option(help: "comma-separated batch sizes") var batches: String = "1,16,64"
     @Option(help: "minimum timed seconds per measurement") var seconds: Double = 3
-    @Option(help: "fp32 peak GFLOP/s of one core (Zen 5: 2 FMA × 16 lanes × 2 × 4.2 GHz ≈ 266)") var peakGflopsPerThread: Double = 266
+    @Option(help: "fp32 peak GFLOP/s of one core (default: oneDNN's ISA FLOPs/cycle × the clock from /proc/cpuinfo; Zen 5 AVX-512 at 4.2 GHz ≈ 266)")
+    var peakGflopsPerThread: Double?
     @Option(help: "python with torch + diffusers for the PyTorch peer ('' to skip)") var torchPython: String = ".venv-tools/bin/python"
     @Option(help: "PyTorch layout(s): nchw, channels_last or both") var torchLayout: String = "nchw"
     @Option(help: "write the results as JSON here") var json: String?
@@ -35,20 +37,26 @@ struct Bench: ParsableCommand {
             return b
         }
         let costs = try LayerCosts.measure(unet)
+        let isa = DNNL.isa
+        let clock = Self.cpuGHz()
+        let peakPerThread = peakGflopsPerThread ?? Double(isa.fp32FlopsPerCycle) * clock
+        print(String(format: "cpu: oneDNN ISA %@ (%d fp32 FLOP/cycle/core), clock %.2f GHz (/proc/cpuinfo) → nominal fp32 peak %.0f GFLOP/s per thread%@",
+                     isa.name, isa.fp32FlopsPerCycle, clock, peakPerThread, peakGflopsPerThread == nil ? "" : " (given)"))
         let gmac = Double(costs.totalMACs) / 1e9
         print(String(format: "model %@: %.2f M params, %.3f GMAC/image (conv %.3f), %d threads, oneDNN %@",
                      path, Double(costs.parameters) / 1e6, gmac, Double(costs.convMACs) / 1e9, runtime.threads, DNNL.version))
         var ours: [[String: Any]] = []
         for b in bs {
             let r = try measure(unet, batch: b, cfg: cfg, convMACs: costs.convMACs)
-            let eff = r.convGflops / (peakGflopsPerThread * Double(runtime.threads))
+            let eff = r.convGflops / (peakPerThread * Double(runtime.threads))
             print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of fp32 peak",
                          b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff))
             ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
                          "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff])
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
-                                     "onednn": DNNL.version, "peak_gflops": peakGflopsPerThread * Double(runtime.threads)]
+                                     "onednn": DNNL.version, "isa": isa.name, "clock_ghz": clock,
+                                     "peak_gflops": peakPerThread * Double(runtime.threads)]
         if !torchPython.isEmpty {
             if let peer = try runPeer(modelPath: path) {
                 report["torch"] = peer
@@ -64,10 +72,17 @@ struct Bench: ParsableCommand {
         }
         if let j = json {
             let data = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
-            try data.write(to: URL(fileURLWithPath: j + ".tmp"))
-            _ = try FileManager.default.replaceItemAt(URL(fileURLWithPath: j), withItemAt: URL(fileURLWithPath: j + ".tmp"))
+            try AtomicFile.write([UInt8](data), to: j)
             print("wrote \(j)")
         }
+    }
+
+    /// The highest "cpu MHz" in /proc/cpuinfo, in GHz (the VM may report the base clock; boost is higher).
+    static func cpuGHz() -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return 3.0 }
+        let mhz = text.split(separator: "\n").filter { $0.hasPrefix("cpu MHz") }
+            .compactMap { Double($0.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) }
+        return (mhz.max() ?? 3000) / 1000
     }
 
     struct Result { let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double }

@@ -68,6 +68,15 @@ public final class DNNL: @unchecked Sendable {
         return "\(v.major).\(v.minor).\(v.patch)"
     }
 
+    /// The instruction set oneDNN dispatches to on this CPU, and its fp32 FLOPs per cycle per core
+    /// (two FMA pipes: AVX-512 = 2·16·2 = 64, AVX2 = 2·8·2 = 32, SSE4.1 = 16).
+    public static var isa: (name: String, fp32FlopsPerCycle: Int) {
+        let v = dnnl_get_effective_cpu_isa().rawValue
+        if v & 0x20 != 0 { return ("avx512", 64) }
+        if v & 0x4 != 0 { return ("avx2", 32) }
+        return ("sse41", 16)
+    }
+
     /// Waits for submitted primitives to finish.
     func wait() { dnnlCheck(dnnl_stream_wait(stream), "dnnl_stream_wait") }
 }

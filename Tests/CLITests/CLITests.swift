@@ -42,7 +42,7 @@ final class CLITests: XCTestCase {
     func testHelpListsSubcommandsAndOptions() throws {
         let r = try run(["--help"])
         XCTAssertEqual(r.code, 0)
-        for s in ["sample", "inspect", "bench"] { XCTAssertTrue(r.out.contains(s), "help lacks \(s)") }
+        for s in ["sample", "evaluate", "inspect", "bench"] { XCTAssertTrue(r.out.contains(s), "help lacks \(s)") }
         let s = try run(["sample", "--help"])
         for flag in ["--model", "--out", "--steps", "--eta", "--scheduler", "--guidance", "--class", "--classes", "--n", "--batch",
                      "--seed", "--null-class", "--noise", "--save-tensors", "--threads"] {
@@ -114,6 +114,19 @@ final class CLITests: XCTestCase {
         let r = try run(["inspect", garbage.path])
         XCTAssertNotEqual(r.code, 0)
         XCTAssertTrue(r.err.contains("g.safetensors"), r.err)
+    }
+
+    func testEvaluateRejectsBadInputBeforeWorking() throws {
+        let out = tmp.appendingPathComponent("ev").path
+        let notDivisible = try run(["evaluate", "--n", "7", "--out", out, "--quiet"])
+        XCTAssertNotEqual(notDivisible.code, 0)
+        XCTAssertTrue(notDivisible.err.contains("7"), notDivisible.err)
+        let noData = try run(["evaluate", "--n", "10", "--dataset", "/nonexistent-fmnist", "--out", out, "--quiet"])
+        XCTAssertNotEqual(noData.code, 0)
+        XCTAssertTrue(noData.err.contains("dataset-fashion-mnist"), noData.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "evaluate created its output folder before failing")
+        let bad = try run(["evaluate", "--setting", "C", "--out", out])
+        XCTAssertNotEqual(bad.code, 0)
     }
 
     func testInspectShowsConfigAndTensors() throws {
