@@ -50,10 +50,7 @@ public enum Ops {
                 while p < hw {
                     let end = min(p + 64, hw)
                     fs.update(repeating: 0, count: 2 * c)
-                    for px in p..<end {
-                        let row = base + px * c
-                        for i in 0..<c { let v = row[i]; fs[i] += v; fq[i] += v * v }
-                    }
+                    accumulateSums(base + p * c, pixels: end - p, channels: c, sum: fs, sumSquares: fq)
                     for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fq[i]) }
                     p = end
                 }
@@ -75,15 +72,56 @@ public enum Ops {
                         b[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
                     }
                 }
-                let out = y.data + bi * hw * c
-                for px in 0..<hw {
-                    let src = base + px * c, dst = out + px * c
-                    for i in 0..<c { dst[i] = src[i] * a[i] + b[i] }
-                }
-                if silu { map16(out, hw * c, vsilu) }
+                applyAffine(base, y.data + bi * hw * c, pixels: hw, channels: c, scale: a, shift: b, silu: silu)
             }
         }
         return y
+    }
+
+    /// Per-channel Σx and Σx² over `pixels` rows of `channels` floats (added into `sum`, `sumSquares`).
+    /// Explicit 16-lane vectors: the pointers could alias, so the compiler would not vectorize a plain loop.
+    @inline(__always)
+    static func accumulateSums(_ x: UnsafeMutablePointer<Float>, pixels: Int, channels c: Int,
+                               sum: UnsafeMutablePointer<Float>, sumSquares: UnsafeMutablePointer<Float>) {
+        let vec = c / 16 * 16
+        var j = 0
+        while j < vec {
+            var s = SIMD16<Float>(repeating: 0), q = SIMD16<Float>(repeating: 0)
+            for px in 0..<pixels {
+                let v = UnsafeRawPointer(x + px * c + j).loadUnaligned(as: SIMD16<Float>.self)
+                s += v; q += v * v
+            }
+            for l in 0..<16 { sum[j + l] += s[l]; sumSquares[j + l] += q[l] }
+            j += 16
+        }
+        if vec < c {
+            for px in 0..<pixels { for i in vec..<c { let v = x[px * c + i]; sum[i] += v; sumSquares[i] += v * v } }
+        }
+    }
+
+    /// `dst = src·scale[c] + shift[c]` (then SiLU if asked) over `pixels` rows of `channels`.
+    @inline(__always)
+    static func applyAffine(_ src: UnsafeMutablePointer<Float>, _ dst: UnsafeMutablePointer<Float>, pixels: Int, channels c: Int,
+                            scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>, silu: Bool) {
+        let vec = c / 16 * 16
+        var j = 0
+        while j < vec {
+            let a = UnsafeRawPointer(scale + j).loadUnaligned(as: SIMD16<Float>.self)
+            let b = UnsafeRawPointer(shift + j).loadUnaligned(as: SIMD16<Float>.self)
+            for px in 0..<pixels {
+                var v = UnsafeRawPointer(src + px * c + j).loadUnaligned(as: SIMD16<Float>.self) * a + b
+                if silu { v = vsilu(v) }
+                UnsafeMutableRawPointer(dst + px * c + j).storeBytes(of: v, as: SIMD16<Float>.self)
+            }
+            j += 16
+        }
+        if vec < c {
+            for px in 0..<pixels { for i in vec..<c {
+                var v = src[px * c + i] * scale[i] + shift[i]
+                if silu { v = v / (1 + fastExp(-v)) }
+                dst[px * c + i] = v
+            } }
+        }
     }
 
     /// Row-wise softmax of `scale·x` in place: `x` is `[rows, length]`.

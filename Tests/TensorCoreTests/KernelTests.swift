@@ -59,14 +59,17 @@ final class KernelTests: XCTestCase {
     }
 
     func testGroupNormWithPreAddAndSiLU() {
-        let x = random([3, 5, 4, 12], seed: 7, scale: 3)
-        for i in 0..<x.count { x.data[i] += 2 }  // non-zero mean stresses the one-pass variance
-        let gamma = random([12], seed: 8).array, beta = random([12], seed: 9).array
-        let pre = random([3, 12], seed: 10)
-        for (p, silu) in [(nil, false), (pre, false), (pre, true)] as [(Tensor?, Bool)] {
-            let fast = Ops.groupNorm(x, groups: 4, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
-            let ref = Reference.groupNorm(x, groups: 4, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
-            XCTAssertLessThanOrEqual(relativeError(fast.array, ref.array), 2e-5, "preAdd \(p != nil) silu \(silu)")
+        // Channel counts below, at and past the 16-lane vector width (vector body + scalar tail).
+        for (c, groups) in [(12, 4), (32, 8), (40, 5)] {
+            let x = random([3, 9, 10, c], seed: UInt64(7 + c), scale: 3)  // 90 pixels: more than one 64-pixel block
+            for i in 0..<x.count { x.data[i] += 2 }  // non-zero mean stresses the one-pass variance
+            let gamma = random([c], seed: 8).array, beta = random([c], seed: 9).array
+            let pre = random([3, c], seed: 10)
+            for (p, silu) in [(nil, false), (pre, false), (pre, true), (nil, true)] as [(Tensor?, Bool)] {
+                let fast = Ops.groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
+                let ref = Reference.groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, preAdd: p, silu: silu)
+                XCTAssertLessThanOrEqual(relativeError(fast.array, ref.array), 2e-5, "C \(c) preAdd \(p != nil) silu \(silu)")
+            }
         }
     }
 
