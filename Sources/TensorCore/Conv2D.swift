@@ -66,13 +66,7 @@ public final class FloatConv2D: @unchecked Sendable {
         let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
         let plan = plans[key] ?? makePlan(key)
         let y = Tensor(shape: [key.n, geometry.outHeight(key.h), geometry.outWidth(key.w), geometry.outChannels])
-        plan.src.setHandle(x.data)
-        plan.dst.setHandle(y.data)
-        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
-        if let b = plan.bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
-        plan.prim.execute(args)
+        plan.prim.executeWeightLayer(src: plan.src, x.data, weights: plan.wei, dst: plan.dst, y.data, bias: plan.bias)
         return y
     }
 

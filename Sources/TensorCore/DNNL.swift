@@ -130,6 +130,18 @@ final class DNNLPrimitive {
         dnnl_primitive_desc_query(desc, dnnl_query_impl_info_str, 0, &s)
         return s.map { String(cString: $0) } ?? "?"
     }
+    /// Runs a conv/matmul: binds `x` and `y` to the src/dst memories, weights and optional bias already bound.
+    func executeWeightLayer(src: DNNLMemory, _ x: UnsafeMutablePointer<Float>, weights: DNNLMemory,
+                            dst: DNNLMemory, _ y: UnsafeMutablePointer<Float>, bias: DNNLMemory?) {
+        src.setHandle(x)
+        dst.setHandle(y)
+        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: src.memory),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: weights.memory),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: dst.memory)]
+        if let b = bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
+        execute(args)
+    }
+
     func execute(_ args: [dnnl_exec_arg_t]) {
         dnnlCheck(dnnl_primitive_execute(primitive, DNNL.shared.stream, Int32(args.count), args), "dnnl_primitive_execute")
         DNNL.shared.wait()

@@ -31,13 +31,7 @@ public final class FloatLinear: @unchecked Sendable {
         let m = x.count / inFeatures
         let plan = plans[m] ?? makePlan(m)
         let y = Tensor(shape: Array(x.shape.dropLast()) + [outFeatures])
-        plan.src.setHandle(x.data)
-        plan.dst.setHandle(y.data)
-        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
-        if let b = plan.bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
-        plan.prim.execute(args)
+        plan.prim.executeWeightLayer(src: plan.src, x.data, weights: plan.wei, dst: plan.dst, y.data, bias: plan.bias)
         return y
     }
 
