@@ -47,7 +47,7 @@ bench: build venv
 	$(PTQD) bench --model out/bench-cifar --batches 1,16,64 --torch-python $(PY) --json out/bench-cifar.json
 
 train-ddpm: venv
-	$(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90
+	OMP_WAIT_POLICY=PASSIVE $(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90
 
 clean:
 	rm -rf .build out
