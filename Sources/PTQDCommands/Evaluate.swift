@@ -89,10 +89,7 @@ struct Evaluate: ParsableCommand {
         for fraction in [8, 4, 2] where perClass / fraction >= 2 {
             let k = perClass / fraction
             let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + k) }
-            let sub = Tensor(shape: [idx.count] + samples.images.shape.dropFirst())
-            let per = sub.count / idx.count
-            for (j, i) in idx.enumerated() { (sub.data + j * per).update(from: samples.images.data + i * per, count: per) }
-            let f = try network.evaluate(sub)
+            let f = try network.evaluate(samples.images.gather(batch: idx))
             fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: f.features))))
         }
         fidCurve.append((n, dist.fid))
@@ -121,9 +118,7 @@ struct Evaluate: ParsableCommand {
         // Grid: one row per class, up to 10 images each.
         let show = min(perClass, 10)
         let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
-        let gridImages = Tensor(shape: [idx.count] + samples.images.shape.dropFirst())
-        let per = gridImages.count / idx.count
-        for (j, i) in idx.enumerated() { (gridImages.data + j * per).update(from: samples.images.data + i * per, count: per) }
+        let gridImages = samples.images.gather(batch: idx)
         let grid = ImageGrid(columns: show, rowLabels: Array(0..<classes), labelClasses: classes)
         try PNGCodec.write(try grid.render(gridImages), to: base.appendingPathComponent("grid.png").path)
         if fidCurve.count >= 2 {

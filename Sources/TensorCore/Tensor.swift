@@ -72,6 +72,17 @@ public final class Tensor: @unchecked Sendable {
         return t
     }
 
+    /// The rows `indices` of the outermost dimension, in that order, as a new tensor (copies).
+    public func gather(batch indices: [Int]) -> Tensor {
+        let inner = shape.dropFirst().reduce(1, *)
+        let t = Tensor(shape: [indices.count] + shape.dropFirst())
+        for (j, i) in indices.enumerated() {
+            precondition(i >= 0 && i < shape[0], "gather: index \(i) out of 0..<\(shape[0])")
+            (t.data + j * inner).update(from: data + i * inner, count: inner)
+        }
+        return t
+    }
+
     /// Concatenates tensors along the outermost dimension.
     public static func concatenate(batch parts: [Tensor]) -> Tensor {
         precondition(!parts.isEmpty)
