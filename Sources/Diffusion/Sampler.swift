@@ -85,9 +85,12 @@ public final class GuidedUNet: NoisePredictor {
 public struct Sampler {
     public let scheduler: DiffusionScheduler
     public let predictor: NoisePredictor
+    /// Replaces the injected noise's std at a step (PTQD's variance-schedule calibration);
+    /// nil keeps the scheduler's own σ_t, so the update is bit-for-bit the plain scheduler step.
+    public var noiseScale: ((_ index: Int) -> Float?)?
 
-    public init(scheduler: DiffusionScheduler, predictor: NoisePredictor) {
-        self.scheduler = scheduler; self.predictor = predictor
+    public init(scheduler: DiffusionScheduler, predictor: NoisePredictor, noiseScale: ((_ index: Int) -> Float?)? = nil) {
+        self.scheduler = scheduler; self.predictor = predictor; self.noiseScale = noiseScale
     }
 
     /// Builds the scheduler named by `settings` over `config`.
@@ -117,7 +120,11 @@ public struct Sampler {
                 z = noise(i, x.shape)
                 guard z!.shape == x.shape else { throw ModelError.invalidInput("step noise has shape \(z!.shape), expected \(x.shape)") }
             }
-            x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z)
+            if let sigma = noiseScale?(i) {
+                x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z, sigma: sigma)
+            } else {
+                x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z)
+            }
             onStep?(i, x)
         }
         return x

@@ -22,6 +22,14 @@ public protocol DiffusionScheduler {
     /// x_{t-1} from x_t and the (guided, possibly corrected) model output at loop position `index`.
     /// - noise: `[N, H, W, C]` standard normal, required iff `injectsNoise(at: index)`.
     func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor
+    /// The same update with the injected noise's std replaced by `sigma` (PTQD's variance-schedule
+    /// calibration). `step(... sigma: sigma(at: index))` is bit-for-bit `step(...)`.
+    func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float) -> Tensor
+    /// The std σ_t of the noise step `index` injects (0 where it injects none).
+    func sigma(at index: Int) -> Float
+    /// The coefficient of the ε-prediction in x_prev when the update is written
+    /// `x_prev = a_t·x_t + c_t(σ)·ε̂ + σ·z` (epsilon prediction, no clipping), with noise std `sigma`.
+    func epsilonCoefficient(at index: Int, sigma: Float) -> Float
 }
 
 /// Shared schedule arithmetic.
@@ -111,6 +119,12 @@ public struct DDIMScheduler: DiffusionScheduler {
         step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index))
     }
 
+    /// c_t(σ) = √(1−ᾱ_prev−σ²) − √(ᾱ_prev·(1−ᾱ_t)/ᾱ_t) (normally negative).
+    public func epsilonCoefficient(at index: Int, sigma std: Float) -> Float {
+        let (a, ap) = alphas(at: index)
+        return max(1 - ap - std * std, 0).squareRoot() - (ap * (1 - a) / a).squareRoot()
+    }
+
     /// The DDIM update with an explicit noise scale σ (PTQD's variance-schedule calibration passes σ′):
     /// `x_prev = √ᾱ_prev·x̂0 + √(1−ᾱ_prev−σ²)·ε̂ + σ·z`.
     public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma std: Float) -> Tensor {
@@ -153,6 +167,7 @@ public struct DDPMScheduler: DiffusionScheduler {
 
     /// The posterior std σ_t used for the injected noise (variance type of the config).
     public func sigma(at index: Int) -> Float {
+        guard injectsNoise(at: index) else { return 0 }
         let (a, ap) = alphas(at: index)
         let currentBeta = 1 - a / ap
         let variance = max((1 - ap) / (1 - a) * currentBeta, 1e-20)
@@ -165,6 +180,9 @@ public struct DDPMScheduler: DiffusionScheduler {
 
     /// The coefficient of ε̂ in the posterior mean when written as `c_x·x_t + c_ε·ε̂` (epsilon prediction,
     /// no clipping): `c_ε = −(1−α_t)/(√α_t·√(1−ᾱ_t))` in the full-grid case.
+    public func epsilonCoefficient(at index: Int, sigma: Float) -> Float { epsilonCoefficient(at: index) }
+
+    /// The ε̂ coefficient of the posterior mean (independent of the noise std).
     public func epsilonCoefficient(at index: Int) -> Float {
         let (a, ap) = alphas(at: index)
         let b = 1 - a

@@ -1,0 +1,75 @@
+//===--- ActivationQuantization.swift - per-tensor asymmetric u8 quantizer --===//
+//
+// One function maps fp32 activations to integers; the integer kernels and the fake-quant
+// (simulation) path both call it, so the two agree on every rounding decision.
+//
+//===----------------------------------------------------------------------===//
+
+/// Asymmetric per-tensor quantization of activations to unsigned `bits`-bit integers (stored in u8):
+/// `q = clamp(round_half_even(x / scale) + zeroPoint, 0, 2^bits − 1)`, `x̂ = (q − zeroPoint)·scale`.
+/// Zero is exactly representable (q = zeroPoint), which zero padding relies on.
+public struct ActivationQuantization: Codable, Equatable, Sendable {
+    /// Step size (> 0, finite).
+    public var scale: Float
+    /// Integer that represents 0, in `0...qmax`.
+    public var zeroPoint: Int32
+    /// 2...8.
+    public var bits: Int
+
+    public init(scale: Float, zeroPoint: Int32, bits: Int) {
+        precondition(scale > 0 && scale.isFinite, "activation scale must be positive and finite, got \(scale)")
+        precondition((2...8).contains(bits), "activation bits must be in 2...8, got \(bits)")
+        precondition(zeroPoint >= 0 && zeroPoint <= (1 << bits) - 1, "zero point \(zeroPoint) outside 0...\((1 << bits) - 1)")
+        self.scale = scale; self.zeroPoint = zeroPoint; self.bits = bits
+    }
+
+    /// The grid covering `[min(lo, 0), max(hi, 0)]` (the range is widened to contain 0).
+    /// Returns nil when the range is empty (a constant zero activation) or not finite.
+    public init?(lo: Float, hi: Float, bits: Int) {
+        let l = min(lo, 0), h = max(hi, 0)
+        guard l.isFinite, h.isFinite, h - l > 0 else { return nil }
+        let qmax = Float((1 << bits) - 1)
+        let s = (h - l) / qmax
+        let z = Int32(min(max((-l / s).rounded(.toNearestOrEven), 0), qmax))
+        self.init(scale: s, zeroPoint: z, bits: bits)
+    }
+
+    /// Largest integer level, `2^bits − 1`.
+    public var qmax: Int32 { (1 << Int32(bits)) - 1 }
+
+    /// Quantizes `count` values from `src` (stride 1) into `dst` (stride 1).
+    @inline(__always)
+    public func quantize(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt8>, count: Int) {
+        let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax)
+        for i in 0..<count {
+            let q = min(max((src[i] * inv).rounded(.toNearestOrEven) + z, 0), hi)
+            dst[i] = UInt8(q)
+        }
+    }
+
+    /// Fake quantization in place: `x ← (q(x) − zeroPoint)·scale`, the exact values the integer path computes with.
+    @inline(__always)
+    public func fakeQuantize(_ p: UnsafeMutablePointer<Float>, count: Int) {
+        let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax), s = scale
+        for i in 0..<count {
+            let q = min(max((p[i] * inv).rounded(.toNearestOrEven) + z, 0), hi)
+            p[i] = (q - z) * s
+        }
+    }
+}
+
+extension ActivationQuantization {
+    /// Fake-quantizes channel ranges of an NHWC (or `[M, C]`) tensor, each range with its own quantizer.
+    /// - x: `[..., C]`; parts: `(channel range, quantizer)` covering `0..<C`. Returns a new tensor.
+    public static func fakeQuantize(_ x: Tensor, parts: [(Range<Int>, ActivationQuantization)]) -> Tensor {
+        let y = x.copy()
+        let c = x.shape.last!
+        let rows = x.count / c
+        Parallel.forEachChunk(rows, minChunk: 256) { r in
+            for row in r {
+                for (range, q) in parts { q.fakeQuantize(y.data + row * c + range.lowerBound, count: range.count) }
+            }
+        }
+        return y
+    }
+}

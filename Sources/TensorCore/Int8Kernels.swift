@@ -1,0 +1,301 @@
+//===--- Int8Kernels.swift - u8 × s8 convolution and linear on oneDNN ------===//
+//
+// Real integer execution of a quantized weight layer:
+//   y[o] = Σ_parts s_a,p · s_w[o] · Σ_k (q_x,p − z_p) · q_w[o, k]  + bias[o]
+// with u8 activations (per-tensor scale and zero point), s8 weights (per-output-channel scale),
+// int32 accumulation inside oneDNN and fp32 output.
+//
+// Exactness details:
+// * Zero points are folded into the bias: Σ (q_x − z)·q_w = Σ q_x·q_w − z·Σ q_w. Conv padding
+//   must then contribute q_x = z (the integer that means 0), so the kernel writes the quantized
+//   input into a buffer pre-padded with z and runs the convolution without padding.
+// * oneDNN 2.6's int8 kernels on CPUs without VNNI (AVX2, AVX-512 without VNNI) multiply with
+//   vpmaddubsw, which saturates the sum of two u8·s8 products at 16 bits. That is exact only when
+//   |q_w| ≤ 64. Parts whose weights exceed that (8-bit weights) are run as q_w = hi + lo with
+//   |hi|, |lo| ≤ 64: the input is written twice along channels and the weights are [hi | lo], so the
+//   int32 sum is exact at twice the integer work. VNNI CPUs run the weights as they are.
+// * Skip-concatenation inputs ("shortcut splitting") have one quantizer per channel range; each
+//   part is its own u8 × s8 primitive and the second accumulates into the first's output (sum post-op).
+//
+//===----------------------------------------------------------------------===//
+
+import CDNNL
+
+extension DNNL {
+    /// Whether oneDNN's int8 kernels use VNNI (exact u8·s8 products for any s8 weight).
+    public static var hasVNNI: Bool {
+        let v = dnnl_get_effective_cpu_isa().rawValue
+        return v & 0x40 != 0 || v & 0x400 != 0
+    }
+}
+
+/// One input part of an integer layer: a channel range, its quantizer and its integer weights.
+struct IntegerPart {
+    let channels: Range<Int>
+    let quant: ActivationQuantization
+    /// Weights of this part as run by oneDNN: `[O, K']` in OIHW order with K' = (1 or 2)·|channels|·KH·KW.
+    let weights: [Int8]
+    /// Whether the input is duplicated along channels (hi/lo weight split).
+    let duplicated: Bool
+    /// Per-output bias in accumulator units (zero-point fold plus, for part 0, the layer bias).
+    let accBias: [Float]
+    /// Output scales `s_a · s_w[o]`.
+    let outputScales: [Float]
+
+    /// - q: full `[O, Cin, KH, KW]` (or `[O, Cin]`) integer weights; taps = KH·KW.
+    init(channels: Range<Int>, quant: ActivationQuantization, q: [Int8], outputs: Int, inputs: Int, taps: Int,
+         weightScales: [Float], bias: [Float]?, forceSplit: Bool?) {
+        self.channels = channels
+        self.quant = quant
+        let cp = channels.count
+        var slice = [Int8](repeating: 0, count: outputs * cp * taps)
+        for o in 0..<outputs {
+            for (j, c) in channels.enumerated() {
+                for t in 0..<taps { slice[(o * cp + j) * taps + t] = q[(o * inputs + c) * taps + t] }
+            }
+        }
+        let maxAbs = slice.reduce(0) { max($0, abs(Int($1))) }
+        duplicated = forceSplit ?? (!DNNL.hasVNNI && maxAbs > 64)
+        if duplicated {
+            var w = [Int8](repeating: 0, count: outputs * 2 * cp * taps)
+            for o in 0..<outputs {
+                for k in 0..<(cp * taps) {
+                    let v = Int(slice[o * cp * taps + k])
+                    let hi = v / 2  // truncates toward zero: |hi| ≤ 64, |v − hi| ≤ 64
+                    w[o * 2 * cp * taps + k] = Int8(hi)
+                    w[o * 2 * cp * taps + cp * taps + k] = Int8(v - hi)
+                }
+            }
+            weights = w
+        } else {
+            weights = slice
+        }
+        var acc = [Float](repeating: 0, count: outputs)
+        var scales = [Float](repeating: 0, count: outputs)
+        for o in 0..<outputs {
+            var colsum = 0
+            for k in 0..<(cp * taps) { colsum += Int(slice[o * cp * taps + k]) }
+            scales[o] = quant.scale * weightScales[o]
+            acc[o] = -Float(Int(quant.zeroPoint) * colsum) + (bias.map { $0[o] / scales[o] } ?? 0)
+        }
+        accBias = acc
+        outputScales = scales
+    }
+
+    /// Input channels as run (doubled when duplicated).
+    var runChannels: Int { channels.count * (duplicated ? 2 : 1) }
+}
+
+/// Builds the oneDNN attribute: per-output-channel output scales (mask on dim 1) and optionally a sum post-op.
+private func int8Attr(scales: [Float], accumulate: Bool) -> dnnl_primitive_attr_t {
+    var attr: dnnl_primitive_attr_t? = nil
+    dnnlCheck(dnnl_primitive_attr_create(&attr), "dnnl_primitive_attr_create")
+    dnnlCheck(dnnl_primitive_attr_set_output_scales(attr, Int64(scales.count), 1 << 1, scales), "set_output_scales")
+    if accumulate {
+        var po: dnnl_post_ops_t? = nil
+        dnnlCheck(dnnl_post_ops_create(&po), "dnnl_post_ops_create")
+        dnnlCheck(dnnl_post_ops_append_sum(po, 1.0), "dnnl_post_ops_append_sum")
+        dnnlCheck(dnnl_primitive_attr_set_post_ops(attr, po), "dnnl_primitive_attr_set_post_ops")
+        dnnl_post_ops_destroy(po)
+    }
+    return attr!
+}
+
+/// Integer convolution: u8 activations × s8 weights → fp32, NHWC.
+///
+/// - input `x`: `[N, H, W, inChannels]` fp32; quantized on entry with each part's quantizer.
+/// - weights: `[outChannels, inChannels, KH, KW]` integers with per-output-channel `weightScales`.
+/// - returns `[N, OH, OW, outChannels]` fp32.
+public final class Int8Conv2D: @unchecked Sendable {
+    public let geometry: Conv2DGeometry
+    let parts: [IntegerPart]
+
+    private struct Key: Hashable { let n: Int, h: Int, w: Int }
+    private struct PartPlan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf: AlignedBuffer }
+    private var plans: [Key: [PartPlan]] = [:]
+
+    /// - Parameters:
+    ///   - inputs: one quantizer per input part; `split` = channels of the first part (skip concatenation).
+    ///   - forceDuplicate: override the hi/lo decision (tests); nil = exact for this CPU.
+    public init(geometry: Conv2DGeometry, weights q: [Int8], weightScales: [Float], bias: [Float]?,
+                inputs: [ActivationQuantization], split: Int?, forceDuplicate: Bool? = nil) {
+        precondition(q.count == geometry.weightCount, "int8 conv weights: \(q.count) values for \(geometry)")
+        precondition(weightScales.count == geometry.outChannels, "int8 conv: \(weightScales.count) weight scales")
+        let ranges: [Range<Int>] = split.map { [0..<$0, $0..<geometry.inChannels] } ?? [0..<geometry.inChannels]
+        precondition(ranges.count == inputs.count, "int8 conv: \(inputs.count) quantizers for \(ranges.count) input parts")
+        self.geometry = geometry
+        let taps = geometry.kernelH * geometry.kernelW
+        parts = zip(ranges, inputs).enumerated().map { i, p in
+            IntegerPart(channels: p.0, quant: p.1, q: q, outputs: geometry.outChannels, inputs: geometry.inChannels,
+                        taps: taps, weightScales: weightScales, bias: i == 0 ? bias : nil, forceSplit: forceDuplicate)
+        }
+    }
+
+    /// Whether any part runs with hi/lo duplicated weights (2× integer work).
+    public var usesDuplicatedWeights: Bool { parts.contains { $0.duplicated } }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        let g = geometry
+        precondition(x.shape.count == 4 && x.shape[3] == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
+        let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
+        let plan = plans[key] ?? makePlans(key)
+        let (n, h, w) = (key.n, key.h, key.w)
+        let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
+        let y = Tensor(shape: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
+        for (part, pp) in zip(parts, plan) {
+            let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
+            let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
+            defer { buf.deallocate() }
+            let z = UInt8(part.quant.zeroPoint)
+            Parallel.forEachChunk(n * ph, minChunk: 4) { rows in
+                for r in rows {
+                    let b = r / ph, py = r % ph
+                    let rowBase = buf + (b * ph + py) * pw * rc
+                    let iy = py - g.padTop
+                    if iy < 0 || iy >= h { rowBase.update(repeating: z, count: pw * rc); continue }
+                    for px in 0..<pw {
+                        let dst = rowBase + px * rc
+                        let ix = px - g.padLeft
+                        if ix < 0 || ix >= w { dst.update(repeating: z, count: rc); continue }
+                        let src = x.data + ((b * h + iy) * w + ix) * g.inChannels + c0
+                        part.quant.quantize(src, dst, count: cp)
+                        if part.duplicated { (dst + cp).update(from: dst, count: cp) }
+                    }
+                }
+            }
+            pp.src.setHandle(UnsafeMutableRawPointer(buf))
+            pp.dst.setHandle(UnsafeMutableRawPointer(y.data))
+            pp.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: pp.src.memory),
+                             dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: pp.wei.memory),
+                             dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: pp.bias.memory),
+                             dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: pp.dst.memory)])
+        }
+        return y
+    }
+
+    /// The oneDNN implementation of each part for input `[n, h, w, C]`.
+    public func implementation(n: Int, h: Int, w: Int) -> [String] {
+        let key = Key(n: n, h: h, w: w)
+        return (plans[key] ?? makePlans(key)).map { $0.prim.implementation }
+    }
+
+    private func makePlans(_ key: Key) -> [PartPlan] {
+        let g = geometry
+        let ph = key.h + g.padTop + g.padBottom, pw = key.w + g.padLeft + g.padRight
+        let oh = g.outHeight(key.h), ow = g.outWidth(key.w)
+        precondition(oh > 0 && ow > 0, "int8 conv output would be empty for input \(key.h)x\(key.w) and \(g)")
+        var result: [PartPlan] = []
+        for (i, part) in parts.enumerated() {
+            let rc = part.runChannels
+            var src = dnnlMD([key.n, rc, ph, pw], dnnl_u8, tag: dnnl_nhwc)
+            var wAny = dnnlMD([g.outChannels, rc, g.kernelH, g.kernelW], dnnl_s8, tag: dnnl_format_tag_any)
+            var dst = dnnlMD([key.n, g.outChannels, oh, ow], dnnl_f32, tag: dnnl_nhwc)
+            var biasMD = dnnlMD([g.outChannels], dnnl_f32, tag: dnnl_a)
+            var cd = dnnl_convolution_desc_t()
+            let strides: [Int64] = [Int64(g.stride), Int64(g.stride)], zero: [Int64] = [0, 0]
+            dnnlCheck(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src, &wAny,
+                                                         &biasMD, &dst, strides, zero, zero), "int8 conv desc \(g)")
+            let attr = int8Attr(scales: part.outputScales, accumulate: i > 0)
+            defer { dnnl_primitive_attr_destroy(attr) }
+            var pd: dnnl_primitive_desc_t? = nil
+            dnnlCheck(dnnl_primitive_desc_create(&pd, &cd, attr, DNNL.shared.engine, nil), "int8 conv primitive_desc_create \(g)")
+            let prim = DNNLPrimitive(desc: pd!)
+            var wmd = prim.queryMD(dnnl_query_weights_md)
+            let user = dnnlMD([g.outChannels, rc, g.kernelH, g.kernelW], dnnl_s8, tag: dnnl_oihw)
+            let wbuf = part.weights.withUnsafeBytes { dnnlReorder(from: $0.baseAddress!, user, to: wmd) }
+            let bbuf = alignedCopy(part.accBias)
+            result.append(PartPlan(prim: prim, src: DNNLMemory(&src, handle: nil), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
+                                   dst: DNNLMemory(&dst, handle: nil), bias: DNNLMemory(&biasMD, handle: bbuf.pointer),
+                                   weights: wbuf, biasBuf: bbuf))
+        }
+        plans[key] = result
+        return result
+    }
+}
+
+/// Integer fully connected layer: u8 activations × s8 weights → fp32.
+///
+/// - input `x`: `[..., inFeatures]` fp32; weights `[outFeatures, inFeatures]` integers with per-row `weightScales`.
+/// - returns `[..., outFeatures]` fp32.
+public final class Int8Linear: @unchecked Sendable {
+    public let inFeatures: Int
+    public let outFeatures: Int
+    let part: IntegerPart
+
+    private struct Plan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf: AlignedBuffer }
+    private var plans: [Int: Plan] = [:]
+
+    public init(inFeatures: Int, outFeatures: Int, weights q: [Int8], weightScales: [Float], bias: [Float]?,
+                input: ActivationQuantization, forceDuplicate: Bool? = nil) {
+        precondition(q.count == inFeatures * outFeatures, "int8 linear weights: \(q.count) for \(outFeatures)x\(inFeatures)")
+        precondition(weightScales.count == outFeatures, "int8 linear: \(weightScales.count) weight scales")
+        self.inFeatures = inFeatures; self.outFeatures = outFeatures
+        part = IntegerPart(channels: 0..<inFeatures, quant: input, q: q, outputs: outFeatures, inputs: inFeatures, taps: 1,
+                           weightScales: weightScales, bias: bias, forceSplit: forceDuplicate)
+    }
+
+    public var usesDuplicatedWeights: Bool { part.duplicated }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        precondition(x.shape.last == inFeatures, "int8 linear expects last dim \(inFeatures), got \(x.shape)")
+        let m = x.count / inFeatures
+        let plan = plans[m] ?? makePlan(m)
+        let rc = part.runChannels, k = inFeatures
+        let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: m * rc)
+        defer { buf.deallocate() }
+        Parallel.forEachChunk(m, minChunk: 64) { rows in
+            for r in rows {
+                let dst = buf + r * rc
+                part.quant.quantize(x.data + r * k, dst, count: k)
+                if part.duplicated { (dst + k).update(from: dst, count: k) }
+            }
+        }
+        let y = Tensor(shape: Array(x.shape.dropLast()) + [outFeatures])
+        plan.src.setHandle(UnsafeMutableRawPointer(buf))
+        plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
+        plan.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
+                           dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
+                           dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: plan.bias.memory),
+                           dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)])
+        return y
+    }
+
+    private func makePlan(_ m: Int) -> Plan {
+        let rc = part.runChannels
+        var src = dnnlMD([m, rc], dnnl_u8, tag: dnnl_ab)
+        var wAny = dnnlMD([rc, outFeatures], dnnl_s8, tag: dnnl_format_tag_any)
+        var dst = dnnlMD([m, outFeatures], dnnl_f32, tag: dnnl_ab)
+        var biasMD = dnnlMD([1, outFeatures], dnnl_f32, tag: dnnl_ab)
+        var md = dnnl_matmul_desc_t()
+        dnnlCheck(dnnl_matmul_desc_init(&md, &src, &wAny, &biasMD, &dst), "int8 matmul desc")
+        let attr = int8Attr(scales: part.outputScales, accumulate: false)
+        defer { dnnl_primitive_attr_destroy(attr) }
+        var pd: dnnl_primitive_desc_t? = nil
+        dnnlCheck(dnnl_primitive_desc_create(&pd, &md, attr, DNNL.shared.engine, nil), "int8 matmul primitive_desc_create")
+        let prim = DNNLPrimitive(desc: pd!)
+        var wmd = prim.queryMD(dnnl_query_weights_md)
+        // [out, in'] row-major integers are the [K, N] matrix with tag "ba".
+        let user = dnnlMD([rc, outFeatures], dnnl_s8, tag: dnnl_ba)
+        let wbuf = part.weights.withUnsafeBytes { dnnlReorder(from: $0.baseAddress!, user, to: wmd) }
+        let bbuf = alignedCopy(part.accBias)
+        let plan = Plan(prim: prim, src: DNNLMemory(&src, handle: nil), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
+                        dst: DNNLMemory(&dst, handle: nil), bias: DNNLMemory(&biasMD, handle: bbuf.pointer),
+                        weights: wbuf, biasBuf: bbuf)
+        plans[m] = plan
+        return plan
+    }
+}
+
+/// Plain reference for the integer layers: dequantize input parts and weights exactly as the kernels
+/// define them, then a Double-accumulated convolution. `x`: `[N, H, W, Cin]`; weights OIHW integers.
+public func referenceInt8Conv2D(_ x: Tensor, geometry g: Conv2DGeometry, weights q: [Int8], weightScales: [Float],
+                                bias: [Float]?, inputs: [ActivationQuantization], split: Int?) -> Tensor {
+    let ranges: [Range<Int>] = split.map { [0..<$0, $0..<g.inChannels] } ?? [0..<g.inChannels]
+    let xq = ActivationQuantization.fakeQuantize(x, parts: Array(zip(ranges, inputs)))
+    let taps = g.kernelH * g.kernelW
+    var w = [Float](repeating: 0, count: q.count)
+    for o in 0..<g.outChannels { for k in 0..<(g.inChannels * taps) {
+        w[o * g.inChannels * taps + k] = Float(q[o * g.inChannels * taps + k]) * weightScales[o]
+    } }
+    return referenceConv2D(xq, geometry: g, weights: w, bias: bias)
+}
