@@ -6,7 +6,7 @@ let package = Package(
     name: "swift-ptqd",
     products: [
         .executable(name: "ptqd", targets: ["ptqd"]),
-        .library(name: "PTQD", targets: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation"]),
+        .library(name: "PTQD", targets: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation", "WeightRounding", "Quantization", "Correction"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -22,8 +22,11 @@ let package = Package(
         .target(name: "SafeTensors"),
         .target(name: "Diffusion", dependencies: ["TensorCore", "SafeTensors"]),
         .target(name: "Evaluation", dependencies: ["TensorCore", "SafeTensors", "CPNG", "CLapack"]),
+        .target(name: "WeightRounding", dependencies: ["TensorCore", "CLapack"]),
+        .target(name: "Quantization", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "WeightRounding", "CDNNL"]),
+        .target(name: "Correction", dependencies: ["TensorCore", "Diffusion"]),
         .target(name: "PTQDCommands", dependencies: [
-            "TensorCore", "SafeTensors", "Diffusion", "Evaluation",
+            "TensorCore", "SafeTensors", "Diffusion", "Evaluation", "Quantization", "Correction",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptqd", dependencies: ["PTQDCommands"]),
@@ -35,6 +38,9 @@ let package = Package(
                     resources: [.copy("Fixtures")]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "TensorCore", "SafeTensors"],
                     resources: [.copy("Fixtures")]),
+        .testTarget(name: "WeightRoundingTests", dependencies: ["WeightRounding", "TensorCore"]),
+        .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Diffusion", "TensorCore", "SafeTensors"]),
+        .testTarget(name: "CorrectionTests", dependencies: ["Correction", "Diffusion", "TensorCore"]),
         .testTarget(name: "CLITests", dependencies: ["PTQDCommands", "SafeTensors", "TensorCore"]),
     ]
 )

@@ -16,7 +16,12 @@ public struct LayerCost: Sendable {
     /// nil for the attention matmuls (no weights).
     public let role: LayerRole?
     public let macs: Int
+    /// Weights plus bias.
     public let parameters: Int
+    /// Weight-matrix elements (0 for the attention matmuls).
+    public var weights: Int = 0
+    /// Output channels / features (0 for the attention matmuls).
+    public var outputs: Int = 0
 }
 
 /// All layer costs of a UNet forward.
@@ -54,10 +59,12 @@ public struct LayerCosts: Sendable {
             let params = l.weights.count + (l.bias?.count ?? 0)
             switch l.kind {
             case let .conv(g):
-                rows.append(LayerCost(name: l.name, kind: .conv, role: l.role, macs: g.macs(h: c.inputShape[1], w: c.inputShape[2]), parameters: params))
+                rows.append(LayerCost(name: l.name, kind: .conv, role: l.role, macs: g.macs(h: c.inputShape[1], w: c.inputShape[2]), parameters: params,
+                                      weights: l.weights.count, outputs: l.kind.outputs))
             case let .linear(i, o):
                 let m = c.inputShape.reduce(1, *) / i
-                rows.append(LayerCost(name: l.name, kind: .linear, role: l.role, macs: m * i * o, parameters: params))
+                rows.append(LayerCost(name: l.name, kind: .linear, role: l.role, macs: m * i * o, parameters: params,
+                                      weights: l.weights.count, outputs: o))
                 tokensByQ[ObjectIdentifier(l)] = m
             }
         }

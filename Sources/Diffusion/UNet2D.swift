@@ -37,9 +37,12 @@ public final class UNet2D {
 
     /// Loads `config` + weights (a diffusers `diffusion_pytorch_model.safetensors`).
     /// Every tensor the config implies must exist with the right shape; extra tensors are an error.
-    public init(config: UNet2DConfig, weights file: SafeTensorsFile) throws {
+    /// - overrides: parameters supplied from memory instead of `file` (by diffusers name);
+    ///   consumedElsewhere: file tensors another loader reads (not an "unexpected tensor" error).
+    public init(config: UNet2DConfig, weights file: SafeTensorsFile, overrides: [String: [Float]] = [:],
+                consumedElsewhere: Set<String> = []) throws {
         self.config = config
-        let s = WeightStore(file: file)
+        let s = WeightStore(file: file, overrides: overrides, consumedElsewhere: consumedElsewhere)
         let boc = config.blockOutChannels, ted = config.timeEmbedDim
         let groups = config.normNumGroups, eps = config.normEps
         let shift = config.timeScaleShift == .scaleShift

@@ -11,7 +11,14 @@ final class WeightStore {
     /// Old diffusers attention names accepted as aliases of the current ones.
     private static let legacy = ["to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"]
 
-    init(file: SafeTensorsFile) { self.file = file }
+    /// Tensors supplied from memory instead of the file (e.g. dequantized weights of a quantized model).
+    let overrides: [String: [Float]]
+    /// File tensors another loader consumes (e.g. integer weights); not reported as unused.
+    let consumedElsewhere: Set<String>
+
+    init(file: SafeTensorsFile, overrides: [String: [Float]] = [:], consumedElsewhere: Set<String> = []) {
+        self.file = file; self.overrides = overrides; self.consumedElsewhere = consumedElsewhere
+    }
 
     private func resolve(_ name: String) -> String? {
         if file.contains(name) { return name }
@@ -25,6 +32,13 @@ final class WeightStore {
     /// The parameter `name` as fp32, which must have `shape` (leading/trailing 1s are not squeezed,
     /// except legacy attention weights stored as 1x1 convs `[O, I, 1, 1]` for a linear `[O, I]`).
     func tensor(_ name: String, shape: [Int]) throws -> [Float] {
+        if let values = overrides[name] {
+            guard values.count == shape.reduce(1, *) else {
+                throw ModelError.shapeMismatch(file: file.path, tensor: name, expected: shape, actual: [values.count])
+            }
+            if used.insert(name).inserted { usedElementCount += values.count }
+            return values
+        }
         guard let key = resolve(name) else { throw ModelError.missingTensor(file: file.path, tensor: name) }
         let info = try file.info(key)
         let compatible = info.shape == shape || (shape.count == 2 && info.shape == shape + [1, 1])
@@ -37,7 +51,7 @@ final class WeightStore {
 
     /// Throws if the file holds tensors the config did not ask for.
     func rejectUnused() throws {
-        let left = file.names.filter { !used.contains($0) }
+        let left = file.names.filter { !used.contains($0) && !consumedElsewhere.contains($0) }
         if !left.isEmpty { throw ModelError.unexpectedTensors(file: file.path, names: left) }
     }
 

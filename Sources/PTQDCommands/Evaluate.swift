@@ -4,6 +4,8 @@ import ArgumentParser
 import Diffusion
 import Evaluation
 import Foundation
+import Quantization
+import SafeTensors
 import TensorCore
 
 /// The paper's two ImageNet settings, mirrored on our benchmark.
@@ -28,6 +30,7 @@ struct Evaluate: ParsableCommand {
         """)
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var quant: QuantizedOptions
     @OptionGroup var runtime: RuntimeOptions
     @Option(help: "A or B") var setting: EvaluationSetting = .A
     @Option(help: "override the setting's step count") var steps: Int?
@@ -62,14 +65,17 @@ struct Evaluate: ParsableCommand {
 
     func run() throws {
         runtime.apply()
-        let modelPath = try model.resolvedPath()
-        let m = try DiffusionModel.load(modelPath)
-        guard m.unet.isClassConditional, let table = m.unet.config.numClassEmbeds else {
+        let fp = Runner(fp32: try model.load())
+        let q = try quant.quantized.map { try Runner(quantizedFile: $0, mode: quant.simulate ? .simulate : .integer) }
+        if let q, q.unet.config != fp.unet.config {
+            throw ValidationError("--quantized \(q.path) was made from a model with a different config than \(fp.path); pass the source model with --model")
+        }
+        guard fp.unet.isClassConditional, let table = fp.unet.config.numClassEmbeds else {
             throw ValidationError("evaluate needs a class-conditional model with a class table (equal samples per class)")
         }
         let settings = samplerSettings
-        let predictor = try GuidedUNet(unet: m.unet, guidance: settings.guidance, nullClass: settings.nullClass)
-        let classes = predictor.nullClass == table - 1 ? table - 1 : table
+        let nullClass = try fp.predictor(settings).nullClass
+        let classes = nullClass == table - 1 ? table - 1 : table
         let labels = try balancedLabels(n: n, classes: classes)
         // Load the evaluation side first so a missing dataset fails before sampling.
         let network = try FeatureNetwork(directory: try features ?? BundledModels.path("fmnist-features"))
@@ -80,8 +86,41 @@ struct Evaluate: ParsableCommand {
         let cache = referenceCache ?? URL(fileURLWithPath: out).appendingPathComponent("reference-stats.safetensors").path
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let reference = try ReferenceStatistics.load(dataset: test, network: network, cachePath: cache)
+        let base = URL(fileURLWithPath: out)
 
-        let samples = try generate(m, settings: settings, predictor: predictor, labels: labels)
+        let fpSamples = try cachedFPSamples(fp, settings: settings, labels: labels)
+        let fpReport = try report(fp, samples: fpSamples, settings: settings, labels: labels, classes: classes, network: network,
+                                  reference: reference, test: test, paired: nil)
+        var main = fpReport
+        var qSamples: (images: Tensor, seconds: Double)? = nil
+        if let q {
+            let qs = try generate(q, settings: settings, labels: labels)
+            qSamples = qs
+            let paired = try PairedMetrics.evaluate(reference: fpSamples.images, test: qs.images)
+            main = try report(q, samples: qs, settings: settings, labels: labels, classes: classes, network: network,
+                              reference: reference, test: test, paired: paired)
+            main.notes.append(String(format: "fp32 on the same noise and labels: FID %.3f, IS %.3f, precision %.3f, recall %.3f, %.2f images/s",
+                                     fpReport.metrics.fid ?? .nan, fpReport.metrics.inceptionScoreMean ?? .nan,
+                                     fpReport.metrics.precision ?? .nan, fpReport.metrics.recall ?? .nan, fpReport.cost.imagesPerSecond ?? .nan))
+            try fpReport.writeJSON(to: base.appendingPathComponent("report-fp32.json").path)
+        }
+        try main.writeJSON(to: base.appendingPathComponent("report.json").path)
+        try main.writeMarkdown(to: base.appendingPathComponent("report.md").path)
+        // Grid: one row per class, up to 10 images each; FP | quantized side by side.
+        let perClass = n / classes
+        let show = min(perClass, 10)
+        let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
+        let grid = ImageGrid(columns: show, rowLabels: Array(0..<classes), labelClasses: classes)
+        var image = try grid.render(fpSamples.images.gather(batch: idx))
+        if let qs = qSamples { image = ImageGrid.sideBySide(image, try grid.render(qs.images.gather(batch: idx))) }
+        try PNGCodec.write(image, to: base.appendingPathComponent("grid.png").path)
+        print(main.markdown())
+        print("wrote \(base.path)/{report.json, report.md, grid.png\(q != nil ? ", report-fp32.json" : "")\(perClass >= 4 ? ", fid-vs-n.png" : "")}")
+    }
+
+    /// Distribution metrics (and FID vs n plot), paired metrics and cost for one model's samples.
+    func report(_ r: Runner, samples: (images: Tensor, seconds: Double), settings: SamplerSettings, labels: [Int], classes: Int,
+                network: FeatureNetwork, reference: ReferenceStatistics, test: FashionMNIST, paired: PairedMetrics?) throws -> EvaluationReport {
         let dist = try DistributionMetrics.evaluate(images: samples.images, network: network, reference: reference, labels: labels)
         // FID against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).
         let perClass = n / classes
@@ -93,49 +132,57 @@ struct Evaluate: ParsableCommand {
             fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: f.features))))
         }
         fidCurve.append((n, dist.fid))
-
-        let costs = try LayerCosts.measure(m.unet)
-        let weightsBytes = (try? FileManager.default.attributesOfItem(atPath: m.weightsPath)[.size] as? Int) ?? nil
+        let costs = try r.costs()
+        let overridden = steps != nil || eta != nil || guidance != nil
         var report = EvaluationReport(
-            model: modelPath,
-            setting: .init(name: setting.rawValue + (steps != nil || eta != nil || guidance != nil ? " (overridden)" : ""),
-                           sampler: settings.kind.rawValue, steps: settings.steps, eta: Double(settings.eta),
-                           guidanceScale: Double(settings.guidance)),
+            model: r.label + " (" + r.path + ")",
+            setting: .init(name: setting.rawValue + (overridden ? " (overridden)" : ""), sampler: settings.kind.rawValue,
+                           steps: settings.steps, eta: Double(settings.eta), guidanceScale: Double(settings.guidance)),
             n: n, seed: seed,
             metrics: .init(fid: dist.fid, inceptionScoreMean: dist.inceptionScoreMean, inceptionScoreStd: dist.inceptionScoreStd,
-                           precision: dist.precision, recall: dist.recall),
+                           precision: dist.precision, recall: dist.recall, psnr: paired?.psnrSummary, ssim: paired?.ssimSummary),
             cost: .init(wallTimeSeconds: samples.seconds, secondsPerImage: samples.seconds / Double(n),
                         imagesPerSecond: Double(n) / samples.seconds, peakResidentBytes: peakResidentBytes(),
-                        bopsPerForward: Double(costs.totalMACs) * 32 * 32, modelFileBytes: weightsBytes, threads: runtime.threads),
+                        bopsPerForward: costs.totalBOPs, modelFileBytes: r.fileBytes, threads: runtime.threads),
             reference: "Fashion-MNIST test set (\(test.count) images)", featureNetwork: "models/fmnist-features (\(network.featureDim)-d features)",
-            notes: ["fp32 model: BOPs = MACs × 32 × 32 per UNet forward (one image, \(String(format: "%.3f", Double(costs.totalMACs) / 1e9)) GMAC); guidance runs the UNet twice per step.",
+            notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
                     "FID vs n: " + fidCurve.map { "n=\($0.0): \(String(format: "%.2f", $0.1))" }.joined(separator: ", ")])
-        report.metrics.psnr = nil
-        let base = URL(fileURLWithPath: out)
-        try report.writeJSON(to: base.appendingPathComponent("report.json").path)
-        try report.writeMarkdown(to: base.appendingPathComponent("report.md").path)
-        // Grid: one row per class, up to 10 images each.
-        let show = min(perClass, 10)
-        let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
-        let gridImages = samples.images.gather(batch: idx)
-        let grid = ImageGrid(columns: show, rowLabels: Array(0..<classes), labelClasses: classes)
-        try PNGCodec.write(try grid.render(gridImages), to: base.appendingPathComponent("grid.png").path)
+        if paired != nil { report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.") }
         if fidCurve.count >= 2 {
-            let plot = LinePlot(title: "FID vs n", xLabel: "n", yLabel: "FID",
+            let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
                                 series: [.init(name: "FID", x: fidCurve.map { Double($0.0) }, y: fidCurve.map(\.1))])
-            _ = try plot.write(to: base.appendingPathComponent("fid-vs-n.png").path)
+            let name = paired == nil && quant.quantized != nil ? "fid-vs-n-fp32.png" : "fid-vs-n.png"
+            _ = try plot.write(to: URL(fileURLWithPath: out).appendingPathComponent(name).path)
         }
-        print(report.markdown())
-        print("wrote \(base.path)/{report.json, report.md, grid.png\(fidCurve.count >= 2 ? ", fid-vs-n.png" : "")}")
+        return report
+    }
+
+    /// FP samples for (model, settings, n, seed), reused from `--out`/fp32-samples.safetensors when they match.
+    func cachedFPSamples(_ fp: Runner, settings: SamplerSettings, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
+        let path = URL(fileURLWithPath: out).appendingPathComponent("fp32-samples.safetensors").path
+        let weights = fp.weightsFile
+        let attrs = try? FileManager.default.attributesOfItem(atPath: weights)
+        let key = "\(weights)|\(attrs?[.size] ?? 0)|\((attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)|\(settings.jsonString)|n=\(n)|seed=\(seed)"
+        let cfg = fp.unet.config
+        if let f = try? SafeTensorsFile(path: path), f.metadata["key"] == key, let secs = Double(f.metadata["seconds"] ?? ""),
+           let v = try? f.floats("samples", expectedShape: [n, cfg.inChannels, cfg.sampleHeight, cfg.sampleWidth]) {
+            if !quiet { note("evaluate: reusing fp32 samples from \(path)") }
+            return (Tensor.fromNCHW(v, n: n, c: cfg.inChannels, h: cfg.sampleHeight, w: cfg.sampleWidth), secs)
+        }
+        let s = try generate(fp, settings: settings, labels: labels)
+        var w = SafeTensorsWriter(metadata: ["key": key, "seconds": "\(s.seconds)"])
+        try w.add("samples", floats: s.images.toNCHW(), shape: [n, cfg.inChannels, cfg.sampleHeight, cfg.sampleWidth])
+        try w.write(to: path)
+        return s
     }
 
     /// Samples all n images in batches with per-image noise streams.
-    func generate(_ m: DiffusionModel, settings: SamplerSettings, predictor: NoisePredictor, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
-        let cfg = m.unet.config
-        let scheduler = try Sampler.makeScheduler(settings, config: m.scheduler)
-        let sampler = Sampler(scheduler: scheduler, predictor: predictor)
-        let progress = ProgressReporter(label: "evaluate: sampling", total: n * scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
+    func generate(_ r: Runner, settings: SamplerSettings, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
+        let cfg = r.unet.config
+        let sampler = try r.sampler(settings)
+        let scheduler = sampler.scheduler
+        let progress = ProgressReporter(label: "evaluate: sampling \(r.label)", total: n * scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
         var parts: [Tensor] = []
         for start in stride(from: 0, to: n, by: batch) {
             let range = start..<min(start + batch, n)

@@ -17,6 +17,7 @@ struct Sample: ParsableCommand {
         """)
 
     @OptionGroup var model: ModelOptions
+    @OptionGroup var quant: QuantizedOptions
     @OptionGroup var sampler: SamplerOptions
     @OptionGroup var runtime: RuntimeOptions
 
@@ -41,14 +42,13 @@ struct Sample: ParsableCommand {
 
     func run() throws {
         runtime.apply()
-        let loaded = try model.load()
-        let unet = loaded.unet
+        let runner = try Runner.make(model: model, quantized: quant)
+        let unet = runner.unet
         let cfg = unet.config
         let settings = sampler.settings
-        let predictor = try GuidedUNet(unet: unet, guidance: unet.isClassConditional ? settings.guidance : 1,
-                                       nullClass: settings.nullClass)
-        let scheduler = try Sampler.makeScheduler(settings, config: loaded.scheduler)
-        let s = Sampler(scheduler: scheduler, predictor: predictor)
+        let s = try runner.sampler(settings)
+        let scheduler = s.scheduler
+        let predictor = try runner.predictor(settings)
         // Labels
         let plan = try LabelPlan(unet: unet, nullClass: predictor.nullClass, n: n, single: classLabel, all: classes == "all")
         // Initial noise
@@ -77,14 +77,15 @@ struct Sample: ParsableCommand {
         try PNGCodec.write(try grid.render(samples), to: out)
         if let path = saveTensors {
             var writer = SafeTensorsWriter(metadata: ["format": "ptqd-samples", "settings": settings.jsonString,
-                                                      "seed": "\(seed)", "model": (try? model.resolvedPath()) ?? ""])
+                                                      "seed": "\(seed)", "model": runner.path])
             try writer.add("samples", floats: samples.toNCHW(), shape: [n, c, h, w])
             if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
             try writer.write(to: path)
         }
         let secs = progress.elapsed
         print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",
-                     out, n, settings.kind.rawValue, settings.steps, settings.eta, predictor.guidance, secs, Double(n) / secs))
+                     out, n, settings.kind.rawValue, settings.steps, settings.eta, predictor.guidance, secs, Double(n) / secs)
+              + (runner.quantized != nil ? " [\(runner.label)]" : ""))
         if let p = saveTensors { print("wrote \(p): samples [\(n), \(c), \(h), \(w)] fp32") }
     }
 }

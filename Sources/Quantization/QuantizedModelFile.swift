@@ -1,0 +1,230 @@
+//===--- QuantizedModelFile.swift - one shareable .safetensors file ----------===//
+//
+// Layout (format "ptqd-quantized", version 1):
+// * tensors
+//   - every fp32 parameter of the source UNet under its diffusers name (norms, biases, embeddings,
+//     and the weights of layers that stay fp32 in some variant), converted to F32;
+//   - per variant v and quantized layer L:
+//       `ptqd.v<v>.<L>.qweight`  I8 [O, K] (5–8-bit weights) or U8 [⌈O·K/2⌉] (≤ 4 bits, two per byte,
+//                                element 2i in the low nibble, two's complement);
+//       `ptqd.v<v>.<L>.wscale`   F32 [O] per-output-channel step sizes.
+// * `__metadata__["ptqd"]`: JSON `QuantizedModelInfo` — versions, the source UNet and scheduler
+//   configs verbatim, each variant's recipe and per-layer bits and activation quantizers, the
+//   calibration settings and seed, and attachments (e.g. PTQD correction tables) as JSON strings.
+//
+//===----------------------------------------------------------------------===//
+
+import Diffusion
+import Foundation
+import SafeTensors
+import TensorCore
+
+/// Per-layer metadata of a quantized variant.
+public struct QuantizedLayerInfo: Codable, Equatable, Sendable {
+    public var name: String
+    public var precision: LayerPrecision
+    public var inputs: [ActivationQuantization]
+    public var split: Int?
+    /// Integer weight count O·K (the packed 4-bit tensor holds ⌈O·K/2⌉ bytes).
+    public var weightCount: Int
+
+    public init(_ l: QuantizedLayer) {
+        name = l.name; precision = l.precision; inputs = l.inputs; split = l.split; weightCount = l.q.count
+    }
+}
+
+/// One set of quantized weights (a file holds one, or two for step-aware mixed precision).
+public struct QuantizedVariantInfo: Codable, Equatable, Sendable {
+    /// e.g. "w4a8".
+    public var name: String
+    public var recipe: QuantizationRecipe
+    public var layers: [QuantizedLayerInfo]
+    /// Seconds spent quantizing this variant.
+    public var seconds: Double?
+
+    public init(name: String, recipe: QuantizationRecipe, layers: [QuantizedLayerInfo], seconds: Double?) {
+        self.name = name; self.recipe = recipe; self.layers = layers; self.seconds = seconds
+    }
+}
+
+/// What produced a quantized file.
+public struct CalibrationInfo: Codable, Equatable, Sendable {
+    public var options: CalibrationOptions
+    /// Wall seconds for collecting the FP trajectories.
+    public var trajectorySeconds: Double?
+
+    public init(options: CalibrationOptions, trajectorySeconds: Double?) {
+        self.options = options; self.trajectorySeconds = trajectorySeconds
+    }
+}
+
+/// The `ptqd` metadata JSON.
+public struct QuantizedModelInfo: Codable, Equatable, Sendable {
+    public static let formatName = "ptqd-quantized"
+    public static let currentVersion = 1
+
+    public var format: String = QuantizedModelInfo.formatName
+    public var version: Int = QuantizedModelInfo.currentVersion
+    /// The source model's `config.json` and `scheduler_config.json` text (scheduler nil = diffusers DDIM defaults).
+    public var unetConfig: String
+    public var schedulerConfig: String?
+    public var sourceModel: String
+    public var variants: [QuantizedVariantInfo]
+    public var calibration: CalibrationInfo
+    /// Extra JSON documents by name (e.g. "correction", "mixed").
+    public var attachments: [String: String] = [:]
+
+    public init(unetConfig: String, schedulerConfig: String?, sourceModel: String, variants: [QuantizedVariantInfo],
+                calibration: CalibrationInfo) {
+        self.unetConfig = unetConfig; self.schedulerConfig = schedulerConfig; self.sourceModel = sourceModel
+        self.variants = variants; self.calibration = calibration
+    }
+}
+
+/// Tensor names inside the file.
+enum QuantizedTensorName {
+    static func weights(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).qweight" }
+    static func scales(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).wscale" }
+    static let prefix = "ptqd."
+}
+
+/// Names a diffusers file may use for a layer weight (current and legacy attention names).
+func weightKeys(_ layer: String) -> [String] {
+    var keys = ["\(layer).weight"]
+    for (new, old) in ["to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"] where layer.hasSuffix(".\(new)") {
+        keys.append(String(layer.dropLast(new.count)) + old + ".weight")
+    }
+    return keys
+}
+
+/// Reads, validates and instantiates a quantized model file.
+public final class QuantizedModel {
+    public let path: String
+    public let info: QuantizedModelInfo
+    public let unetConfig: UNet2DConfig
+    public let scheduler: SchedulerConfig
+    let file: SafeTensorsFile
+    /// Layer records per variant.
+    public let variants: [[QuantizedLayer]]
+
+    public init(path: String) throws {
+        self.path = path
+        file = try SafeTensorsFile(path: path)
+        guard let json = file.metadata["ptqd"] else {
+            throw QuantizationError.file(path: path, reason: "not a ptqd quantized model (no 'ptqd' metadata); create one with `ptqd quantize`")
+        }
+        struct Header: Decodable { var format: String?; var version: Int? }
+        guard let head = try? JSONDecoder().decode(Header.self, from: Data(json.utf8)),
+              head.format == QuantizedModelInfo.formatName, let version = head.version else {
+            throw QuantizationError.file(path: path, reason: "metadata 'ptqd' is not a \(QuantizedModelInfo.formatName) document")
+        }
+        guard version <= QuantizedModelInfo.currentVersion else {
+            throw QuantizationError.file(path: path, reason: "written by a newer ptqd (format version \(version) > \(QuantizedModelInfo.currentVersion)); upgrade ptqd to read it")
+        }
+        do { info = try JSONDecoder().decode(QuantizedModelInfo.self, from: Data(json.utf8)) } catch {
+            throw QuantizationError.file(path: path, reason: "metadata 'ptqd' is malformed (\(error)); re-create the file with `ptqd quantize`")
+        }
+        unetConfig = try UNet2DConfig(json: Data(info.unetConfig.utf8), file: "\(path) [unet config]")
+        scheduler = try info.schedulerConfig.map { try SchedulerConfig(json: Data($0.utf8), file: "\(path) [scheduler config]") } ?? .ddimDefault
+        guard !info.variants.isEmpty else { throw QuantizationError.file(path: path, reason: "holds no quantized variant") }
+        var variants: [[QuantizedLayer]] = []
+        var referenced: Set<String> = []
+        for (v, variant) in info.variants.enumerated() {
+            var layers: [QuantizedLayer] = []
+            for l in variant.layers {
+                let wName = QuantizedTensorName.weights(v, l.name), sName = QuantizedTensorName.scales(v, l.name)
+                referenced.formUnion([wName, sName])
+                guard file.contains(wName), file.contains(sName) else {
+                    throw QuantizationError.file(path: path, reason: "metadata lists layer \(l.name) but tensor \(file.contains(wName) ? sName : wName) is missing")
+                }
+                let sInfo = try file.info(sName)
+                guard sInfo.shape.count == 1, sInfo.shape[0] > 0 else {
+                    throw QuantizationError.file(path: path, reason: "\(sName) must be a 1-D [O] tensor, has shape \(sInfo.shape)")
+                }
+                let scales = try file.floats(sName)
+                let o = scales.count
+                let wInfo = try file.info(wName)
+                let q: [Int8]
+                if l.precision.weightBits <= 4 {
+                    guard wInfo.dtype == .u8, wInfo.shape.count == 1 else {
+                        throw QuantizationError.file(path: path, reason: "\(wName) must be packed U8 [⌈O·K/2⌉] for \(l.precision.weightBits)-bit weights")
+                    }
+                    let bytes = try file.uint8s(wName)
+                    guard l.weightCount > 0, bytes.count == (l.weightCount + 1) / 2 else {
+                        throw QuantizationError.file(path: path, reason: "\(wName) holds \(bytes.count) bytes for \(l.weightCount) 4-bit weights")
+                    }
+                    q = NibblePacking.unpack(bytes, count: l.weightCount)
+                } else {
+                    guard wInfo.dtype == .i8, wInfo.shape.count == 2, wInfo.shape[0] == o else {
+                        throw QuantizationError.file(path: path, reason: "\(wName) must be I8 [\(o), K], has \(wInfo.dtype.rawValue) \(wInfo.shape)")
+                    }
+                    q = try file.int8s(wName)
+                    guard q.count == l.weightCount else {
+                        throw QuantizationError.file(path: path, reason: "\(wName) holds \(q.count) weights, metadata says \(l.weightCount)")
+                    }
+                }
+                layers.append(QuantizedLayer(name: l.name, precision: l.precision, q: q, scales: scales, inputs: l.inputs, split: l.split))
+            }
+            variants.append(layers)
+        }
+        let stray = file.names.filter { $0.hasPrefix(QuantizedTensorName.prefix) && !referenced.contains($0) }
+        guard stray.isEmpty else {
+            throw QuantizationError.file(path: path, reason: "tensors not described by the metadata: \(stray.prefix(3).joined(separator: ", "))")
+        }
+        self.variants = variants
+    }
+
+    /// Builds a UNet for variant `v` whose quantized layers run in `mode`.
+    public func makeUNet(variant v: Int = 0, mode: ExecutionMode = .integer) throws -> UNet2D {
+        guard variants.indices.contains(v) else { throw QuantizationError.file(path: path, reason: "has no variant \(v)") }
+        var overrides: [String: [Float]] = [:]
+        var consumed = Set(file.names.filter { $0.hasPrefix(QuantizedTensorName.prefix) })
+        var fitted: [String: QuantizedLayer] = [:]
+        for l in variants[v] {
+            fitted[l.name] = l
+            consumed.formUnion(weightKeys(l.name))
+            overrides["\(l.name).weight"] = l.dequantizedWeights()   // fp32 view for the network's bookkeeping
+        }
+        let unet = try UNet2D(config: unetConfig, weights: file, overrides: overrides, consumedElsewhere: consumed)
+        for layer in unet.layers {
+            guard let record = fitted.removeValue(forKey: layer.name) else { continue }
+            try record.validate(against: layer)
+            layer.kernel = record.makeKernel(for: layer, mode: mode)
+        }
+        if let unknown = fitted.keys.sorted().first {
+            throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in the model config")
+        }
+        return unet
+    }
+
+    /// Writes a quantized model atomically.
+    /// - Parameters:
+    ///   - source: the fp32 model the variants were made from.
+    ///   - variants: layer records per variant (same order as `info.variants`).
+    public static func write(to path: String, info: QuantizedModelInfo, source: DiffusionModel, variants: [[QuantizedLayer]]) throws {
+        precondition(variants.count == info.variants.count, "variant records/info mismatch")
+        let src = try SafeTensorsFile(path: source.weightsPath)
+        // Drop a layer's fp32 weight only if every variant quantizes it.
+        let quantizedEverywhere = variants.map { Set($0.map(\.name)) }.reduce(nil as Set<String>?) { acc, s in acc.map { $0.intersection(s) } ?? s } ?? []
+        let dropped = Set(quantizedEverywhere.flatMap(weightKeys))
+        let encoder = JSONEncoder(); encoder.outputFormatting = [.sortedKeys]
+        let json = String(data: try encoder.encode(info), encoding: .utf8)!
+        var w = SafeTensorsWriter(metadata: ["ptqd": json, "format": "pt"])
+        for name in src.names where !dropped.contains(name) {
+            try w.add(name, floats: try src.floats(name), shape: try src.info(name).shape)
+        }
+        for (v, layers) in variants.enumerated() {
+            for l in layers {
+                let o = l.scales.count, k = l.q.count / o
+                if l.precision.weightBits <= 4 {
+                    let packed = NibblePacking.pack(l.q)
+                    try w.add(QuantizedTensorName.weights(v, l.name), uint8s: packed, shape: [packed.count])
+                } else {
+                    try w.add(QuantizedTensorName.weights(v, l.name), int8s: l.q, shape: [o, k])
+                }
+                try w.add(QuantizedTensorName.scales(v, l.name), floats: l.scales, shape: [o])
+            }
+        }
+        try w.write(to: path)
+    }
+}
