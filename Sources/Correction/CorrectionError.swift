@@ -9,6 +9,8 @@ public enum CorrectionError: Error, CustomStringConvertible, Equatable {
     case timestepNotInTable(Int)
     /// The prediction's channel count (last NHWC dimension) differs from the table's.
     case channelMismatch(expected: Int, got: Int)
+    /// A statistics pass or correction setting that cannot run (reason says what to change).
+    case invalid(String)
 
     public var description: String {
         switch self {
@@ -17,6 +19,7 @@ public enum CorrectionError: Error, CustomStringConvertible, Equatable {
             return "correction table has no row for timestep \(t); it was collected for a different step schedule"
         case let .channelMismatch(expected, got):
             return "correction table has \(expected) channels but the prediction has \(got)"
+        case let .invalid(reason): return reason
         }
     }
 }

@@ -19,7 +19,7 @@
 import Diffusion
 
 /// A per-step choice between a cheap (index 0) and a strong (index 1) quantized network.
-public struct MixedPrecisionPlan: Equatable, Sendable {
+public struct MixedPrecisionPlan: Codable, Equatable, Sendable {
     /// Scheme per loop position (sampling order): 0 = cheap, 1 = strong.
     public var schemes: [Int]
     /// First loop position on the strong scheme (`schemes.count` when the cheap one runs throughout).

@@ -66,7 +66,7 @@ struct Evaluate: ParsableCommand {
     func run() throws {
         runtime.apply()
         let fp = Runner(fp32: try model.load())
-        let q = try quant.quantized.map { try Runner(quantizedFile: $0, mode: quant.simulate ? .simulate : .integer) }
+        let q = try quant.quantized.map { try Runner(quantizedFile: $0, mode: quant.simulate ? .simulate : .integer, options: quant) }
         if let q, q.unet.config != fp.unet.config {
             throw ValidationError("--quantized \(q.path) was made from a model with a different config than \(fp.path); pass the source model with --model")
         }
@@ -143,7 +143,7 @@ struct Evaluate: ParsableCommand {
                            precision: dist.precision, recall: dist.recall, psnr: paired?.psnrSummary, ssim: paired?.ssimSummary),
             cost: .init(wallTimeSeconds: samples.seconds, secondsPerImage: samples.seconds / Double(n),
                         imagesPerSecond: Double(n) / samples.seconds, peakResidentBytes: peakResidentBytes(),
-                        bopsPerForward: costs.totalBOPs, modelFileBytes: r.fileBytes, threads: runtime.threads),
+                        bopsPerForward: try r.bopsPerForward(), modelFileBytes: r.fileBytes, threads: runtime.threads),
             reference: "Fashion-MNIST test set (\(test.count) images)", featureNetwork: "models/fmnist-features (\(network.featureDim)-d features)",
             notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",

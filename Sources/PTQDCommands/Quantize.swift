@@ -1,6 +1,7 @@
 //===--- Quantize.swift - `ptqd quantize` --------------------------------------===//
 
 import ArgumentParser
+import Correction
 import Diffusion
 import Foundation
 import Quantization
@@ -35,6 +36,15 @@ struct Quantize: ParsableCommand {
     @Option(name: .customLong("group-size"), help: "layers quantized per sequential calibration pass") var groupSize: Int = 4
     @Option(help: "UNet rows per calibration forward") var batch: Int = 64
     @Option(help: "random seed (calibration noise, record draws)") var seed: UInt64 = 0
+    @Option(help: "noise correction measured and stored: none, ptqd or d2 (sample/evaluate apply it)") var correct: CorrectionChoice = .none
+    @Option(name: .customLong("stats-trajectories"), help: "FP trajectories for the correction statistics") var statsTrajectories: Int = 256
+    @Option(name: .customLong("bias-mode"), help: "PTQD bias: total (mean of Δ, as the released code) or residual (mean of Δ − k·ε)")
+    var biasMode: BiasMode = .total
+    @Flag(name: .customLong("keep-negative-k"), help: "keep negative correlation coefficients (default: clamp k < 0 to 0)") var keepNegativeK = false
+    @Option(help: "step-aware mixed precision: CHEAP:STRONG (e.g. w4a4:w4a8) or 'auto' over --candidates") var mixed: String?
+    @Option(help: "schemes 'auto' chooses from (comma list)") var candidates: String = "w4a4,w4a8,w8a8"
+    @Option(name: .customLong("cheap-fraction"), help: "when SNR^Q ≥ SNR^F switches at the first step or never: fraction of steps kept cheap")
+    var cheapFraction: Double = 0.5
     @Option(help: "output .safetensors file") var out: String
     @Flag(help: "no progress on stderr") var quiet = false
 
@@ -46,7 +56,10 @@ struct Quantize: ParsableCommand {
         if let s = steps, s < 1 { throw ValidationError("--steps must be >= 1") }
         if let e = eta, !(e.isFinite && e >= 0) { throw ValidationError("--eta must be a finite number >= 0") }
         if let i = adaroundIters, i < 1 { throw ValidationError("--adaround-iters must be >= 1") }
+        guard statsTrajectories >= 1 else { throw ValidationError("--stats-trajectories must be >= 1") }
+        guard cheapFraction >= 0 && cheapFraction <= 1 else { throw ValidationError("--cheap-fraction must be in [0, 1]") }
         _ = try recipe()
+        _ = try mixedSchemes()
     }
 
     var samplerSettings: SamplerSettings {
@@ -72,21 +85,123 @@ struct Quantize: ParsableCommand {
         return o
     }
 
+    /// The schemes to quantize: [scheme], or the mixed pair / candidate list.
+    func mixedSchemes() throws -> [String]? {
+        guard let m = mixed else { return nil }
+        if m.lowercased() == "auto" {
+            let list = candidates.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+            guard list.count >= 2 else { throw ValidationError("--mixed auto needs at least two --candidates, e.g. w4a4,w4a8,w8a8") }
+            for c in list { _ = try LayerPrecision(parsing: c) }
+            return list
+        }
+        let pair = m.split(separator: ":").map(String.init)
+        guard pair.count == 2 else { throw ValidationError("--mixed must be CHEAP:STRONG (e.g. w4a4:w4a8) or auto, got '\(m)'") }
+        for c in pair { _ = try LayerPrecision(parsing: c) }
+        return pair
+    }
+
     func run() throws {
         runtime.apply()
         let source = try model.load()
-        let recipe = try recipe()
         let options = calibrationOptions
         let started = Date()
+        let schemes = try mixedSchemes() ?? [scheme]
+        let recipes = try schemes.map { try recipe(scheme: $0) }
         // Stage 1: FP trajectories.
         let calibSet = try collectCalibration(source, options)
         let trajectorySeconds = Date().timeIntervalSince(started)
-        // Stage 2: sequential layer quantization.
-        let (records, seconds) = try quantizeVariant(source, recipe: recipe, calib: calibSet, options: options, stage: "2/3")
-        // Stage 3: write.
-        let info = try makeInfo(source, variants: [(recipe, records, seconds)], options: options, trajectorySeconds: trajectorySeconds)
-        try QuantizedModel.write(to: out, info: info, source: source, variants: [records])
-        try printSummary(source: source, info: info, records: [records], seconds: Date().timeIntervalSince(started))
+        // Stage 2: sequential layer quantization, per variant.
+        var variants: [(QuantizationRecipe, [QuantizedLayer], Double, UNet2D)] = []
+        for (i, r) in recipes.enumerated() {
+            variants.append(try quantizeVariant(source, recipe: r, calib: calibSet, options: options, stage: "2/3 (\(i + 1)/\(recipes.count))"))
+        }
+        // Stage 3: correction statistics and the mixed-precision plan.
+        var attachments: [String: String] = [:]
+        if correct != .none || mixed != nil {
+            let (doc, keep) = try correctionDocument(source, variants: variants.map { ($0.3, $0.1) }, options: options)
+            variants = keep.map { variants[$0] }
+            attachments[CorrectionDocument.attachmentName] = try doc.json()
+            report(doc, names: variants.map { $0.0.policy.scheme.description })
+        }
+        var info = try makeInfo(source, variants: variants.map { ($0.0, $0.1, $0.2) }, options: options, trajectorySeconds: trajectorySeconds)
+        info.attachments = attachments
+        try QuantizedModel.write(to: out, info: info, source: source, variants: variants.map(\.1))
+        try printSummary(source: source, info: info, records: variants.map(\.1), seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Statistics pass over FP trajectories for every variant, fitted tables, and (mixed) the plan.
+    /// Returns the document and the variant indices to keep (the chosen pair for `--mixed auto`).
+    func correctionDocument(_ source: DiffusionModel, variants: [(UNet2D, [QuantizedLayer])], options: CalibrationOptions) throws -> (CorrectionDocument, [Int]) {
+        let unets = variants.map(\.0)
+        let settings = options.settings
+        let scheduler = try Sampler.makeScheduler(settings, config: source.scheduler)
+        let guidance = source.unet.isClassConditional ? settings.guidance : 1
+        let fp = try GuidedUNet(unet: source.unet, guidance: guidance, nullClass: settings.nullClass)
+        let qs = try unets.map { try GuidedUNet(unet: $0, guidance: guidance, nullClass: settings.nullClass) }
+        var so = StatisticsOptions()
+        so.trajectories = statsTrajectories; so.batch = min(batch, 64); so.seed = seed
+        let cfg = source.unet.config
+        let classes = source.unet.isClassConditional ? max((cfg.numClassEmbeds ?? 1) - (fp.nullClass == (cfg.numClassEmbeds ?? 0) - 1 ? 1 : 0), 1) : 0
+        let steps = scheduler.timesteps.count
+        let progress = ProgressReporter(label: "quantize 3/3: noise statistics (\(unets.count) variant\(unets.count > 1 ? "s" : ""))",
+                                        total: statsTrajectories * steps, unit: "img·steps", enabled: !quiet)
+        let t0 = Date()
+        var last = 0
+        let stats = try StatisticsPass.collect(scheduler: scheduler, fp: fp, quantized: qs,
+                                               labels: classes > 0 ? { $0 % classes } : nil,
+                                               shape: [cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels], options: so) { done, _ in
+            progress.advance(done - last); last = done
+        }
+        let fit = FitOptions(biasMode: biasMode, clampK: !keepNegativeK, alphasCumprod: source.scheduler.alphasCumprod())
+        var tables = stats.map { $0.fit(fit) }
+        let method: CorrectionMethod = correct == .d2 ? .d2 : .ptqd
+        var components: CorrectionComponents = correct == .none ? .none : .all
+        if mixed != nil && correct == .none { components = .none }
+        var keep = Array(unets.indices)
+        var plan: MixedPrecisionPlan? = nil
+        var mixedTable: CorrectionTable? = nil
+        if mixed != nil {
+            let snrF = StepSNR.snrF(scheduler: scheduler)
+            var pair = [0, 1]
+            if mixed!.lowercased() == "auto" {
+                // cheap = fewest BOPs; strong = the cheapest other candidate whose SNR^Q ≥ SNR^F at the last step
+                // (the most demanding one), or the most accurate candidate if none qualifies.
+                let costs = try LayerCosts.measure(source.unet)
+                let bops = variants.map { _, records -> Double in
+                    ModelCosts(costs, precisions: Dictionary(uniqueKeysWithValues: records.map { ($0.name, $0.precision) })).totalBOPs
+                }
+                let order = bops.indices.sorted { bops[$0] < bops[$1] }
+                let cheap = order[0]
+                let lastStep = steps - 1
+                let strong = order.dropFirst().first { Double(tables[$0].snrQ[lastStep]) >= snrF[lastStep] }
+                    ?? order.dropFirst().max { tables[$0].snrQ[lastStep] < tables[$1].snrQ[lastStep] }!
+                pair = [cheap, strong]
+            }
+            let p = StepSNR.plan(cheapSNRQ: tables[pair[0]].snrQ.map(Double.init), snrF: snrF,
+                                 strongSNRQ: tables[pair[1]].snrQ.map(Double.init), targetCheapFraction: cheapFraction)
+            tables = pair.map { tables[$0] }
+            keep = pair
+            plan = p
+            mixedTable = CorrectionDocument.assemble(tables, plan: p.schemes)
+        }
+        let doc = CorrectionDocument(settings: settings, statistics: so, biasMode: biasMode, clampK: !keepNegativeK,
+                                     defaultCorrection: CorrectionSettings(method: method, components: components, vscMode: .code),
+                                     tables: tables, plan: plan, mixedTable: mixedTable, seconds: Date().timeIntervalSince(t0))
+        return (doc, keep)
+    }
+
+    /// Prints k, σ_q and SNR per step (stderr) and the plan.
+    func report(_ doc: CorrectionDocument, names: [String]) {
+        guard !quiet else { return }
+        for (v, t) in doc.tables.enumerated() {
+            let ks = t.k.map { String(format: "%.3f", $0) }.joined(separator: " ")
+            note("statistics \(names[v]): k_t [\(ks)]")
+            note("statistics \(names[v]): σ_q [\(t.sigmaQ.map { String(format: "%.3f", $0) }.joined(separator: " "))]")
+            note("statistics \(names[v]): SNR^Q/SNR^F [\(zip(t.snrQ, t.snrF ?? t.snrQ).map { String(format: "%.2g", Double($0) / Double($1)) }.joined(separator: " "))]")
+        }
+        if let p = doc.plan {
+            note("mixed precision: \(names[0]) for steps 0..<\(p.switchIndex), \(names[1]) after (ρ = \(String(format: "%.3g", p.rho))\(p.generalized ? ", generalized threshold" : ""))")
+        }
     }
 
     func collectCalibration(_ source: DiffusionModel, _ options: CalibrationOptions) throws -> CalibrationSet {
@@ -99,7 +214,7 @@ struct Quantize: ParsableCommand {
     }
 
     func quantizeVariant(_ source: DiffusionModel, recipe: QuantizationRecipe, calib: CalibrationSet, options: CalibrationOptions,
-                         stage: String) throws -> ([QuantizedLayer], Double) {
+                         stage: String) throws -> (QuantizationRecipe, [QuantizedLayer], Double, UNet2D) {
         // A fresh fp32 network per variant: the quantizer installs kernels into it as it goes.
         let unet = try DiffusionModel.load(source.directory).unet
         let quantizer = LayerQuantizer(unet: unet, recipe: recipe, options: options)
@@ -109,7 +224,7 @@ struct Quantize: ParsableCommand {
                                         total: max(groups, 1), unit: "groups", enabled: !quiet)
         let t0 = Date()
         let records = try quantizer.run(calib) { _, _, _ in progress.advance(1) }
-        return (records, Date().timeIntervalSince(t0))
+        return (recipe, records, Date().timeIntervalSince(t0), unet)
     }
 
     func makeInfo(_ source: DiffusionModel, variants: [(QuantizationRecipe, [QuantizedLayer], Double)], options: CalibrationOptions,
@@ -139,3 +254,7 @@ struct Quantize: ParsableCommand {
 }
 
 extension WeightMethod: ExpressibleByArgument {}
+extension BiasMode: ExpressibleByArgument {}
+
+/// `--correct`.
+enum CorrectionChoice: String, ExpressibleByArgument, CaseIterable { case none, ptqd, d2 }

@@ -1,0 +1,63 @@
+//===--- StatisticsPass.swift - paired FP/quantized predictions on FP trajectories ---===//
+//
+// PTQD's statistics collection (spec §5.1): run the full-precision sampler; at every step evaluate
+// the FP and each quantized predictor on the same x_t (same labels, same guidance: both guided),
+// accumulate (ε_fp, Δ = ε_q − ε_fp) per step, and advance the trajectory with ε_fp. Streaming:
+// memory does not grow with the number of trajectories. Trajectory noise is seeded per image.
+//
+//===----------------------------------------------------------------------===//
+
+import Diffusion
+import Foundation
+import TensorCore
+
+/// Settings of one statistics pass.
+public struct StatisticsOptions: Codable, Equatable, Sendable {
+    /// FP trajectories (images) to run.
+    public var trajectories: Int = 256
+    /// Images per batch.
+    public var batch: Int = 32
+    public var seed: UInt64 = 0
+    public init() {}
+}
+
+public enum StatisticsPass {
+    /// Collects noise statistics of each quantized predictor against the FP predictor.
+    /// - Parameters:
+    ///   - scheduler: the sampler the statistics are for (its timesteps are the table's rows).
+    ///   - fp / quantized: guided predictors (same guidance scale and null class).
+    ///   - labels: label of trajectory i (nil for unconditional models).
+    ///   - shape: `[H, W, C]` of one sample.
+    ///   - progress: (images·steps done, total).
+    /// - Returns: one `NoiseStatistics` per quantized predictor.
+    public static func collect(scheduler: DiffusionScheduler, fp: NoisePredictor, quantized: [NoisePredictor],
+                               labels: ((Int) -> Int)?, shape: [Int], options: StatisticsOptions,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> [NoiseStatistics] {
+        guard options.trajectories >= 1, options.batch >= 1 else {
+            throw CorrectionError.invalid("statistics need --stats-trajectories >= 1 and a batch >= 1")
+        }
+        let steps = scheduler.timesteps.count
+        let stats = quantized.map { _ in NoiseStatistics(timesteps: scheduler.timesteps, channels: shape[2]) }
+        let noiseSeed = options.seed ^ 0x57A7_5000_0000_0000  // distinct from evaluation and calibration noise
+        var done = 0
+        for start in stride(from: 0, to: options.trajectories, by: options.batch) {
+            let range = start..<min(start + options.batch, options.trajectories)
+            let noise = BatchNoise(seed: noiseSeed, indices: range)
+            var x = noise.next(shape: [range.count] + shape)
+            let l = labels.map { f in range.map(f) }
+            for (i, t) in scheduler.timesteps.enumerated() {
+                let epsFP = try fp.predict(x, timestep: t, stepIndex: i, labels: l)
+                for (s, q) in zip(stats, quantized) {
+                    let epsQ = try q.predict(x, timestep: t, stepIndex: i, labels: l)
+                    guard epsQ.isFinite else { throw CorrectionError.invalid("the quantized model produced NaN/Inf at step \(i) (t = \(t))") }
+                    s.add(index: i, epsFP: epsFP, epsQ: epsQ)
+                }
+                let z = scheduler.injectsNoise(at: i) ? noise.next(shape: x.shape) : nil
+                x = scheduler.step(modelOutput: epsFP, index: i, sample: x, noise: z)
+                done += range.count
+                progress?(done, options.trajectories * steps)
+            }
+        }
+        return stats
+    }
+}
