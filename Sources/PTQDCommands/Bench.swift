@@ -4,6 +4,7 @@ import ArgumentParser
 import Diffusion
 import Evaluation
 import Foundation
+import Quantization
 import TensorCore
 
 struct Bench: ParsableCommand {
@@ -25,6 +26,8 @@ struct Bench: ParsableCommand {
     @Option(help: "python with torch + diffusers for the PyTorch peer ('' to skip)") var torchPython: String = ".venv-tools/bin/python"
     @Option(help: "PyTorch layout(s): nchw, channels_last or both") var torchLayout: String = "nchw"
     @Option(help: "write the results as JSON here") var json: String?
+    @Option(name: .customLong("quantized"), help: "also time these quantized files (comma list), integer kernels, same batches, same run")
+    var quantizedFiles: String?
 
     func run() throws {
         runtime.apply()
@@ -57,6 +60,24 @@ struct Bench: ParsableCommand {
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
                                      "onednn": DNNL.version, "isa": isa.name, "clock_ghz": clock,
                                      "peak_gflops": peakPerThread * Double(runtime.threads)]
+        if let files = quantizedFiles {
+            var qrows: [[String: Any]] = []
+            for f in files.split(separator: ",").map(String.init) {
+                let r = try Runner(quantizedFile: f, mode: .integer)
+                let dup = r.unet.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
+                for b in bs {
+                    let q = try measure(r.unet, batch: b, cfg: cfg, convMACs: costs.convMACs)
+                    let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
+                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s  →  %@/fp32 = %.2f×%@",
+                                 r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
+                                 q.convGflops, r.label, q.imagesPerSecond / fp,
+                                 dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : ""))
+                    qrows.append(["file": f, "label": r.label, "batch": b, "images_per_s": q.imagesPerSecond,
+                                  "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp])
+                }
+            }
+            report["quantized"] = qrows
+        }
         if !torchPython.isEmpty {
             if let peer = try runPeer(modelPath: path) {
                 report["torch"] = peer

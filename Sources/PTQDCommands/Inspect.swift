@@ -3,6 +3,8 @@
 import ArgumentParser
 import Diffusion
 import Foundation
+import Correction
+import Quantization
 import SafeTensors
 
 struct Inspect: ParsableCommand {
@@ -34,7 +36,52 @@ struct Inspect: ParsableCommand {
             if let c = try? UNet2DConfig(json: data, file: path) { printConfig(c) }
             else { printScheduler(try SchedulerConfig(json: data, file: path)) }
         } else {
-            try printTensors(SafeTensorsFile(path: path))
+            let file = try SafeTensorsFile(path: path)
+            if file.metadata["ptqd"] != nil { try printQuantized() } else { try printTensors(file) }
+        }
+    }
+
+    /// Per-layer table of a quantized model file: MACs, bits, scales, BOPs and bytes; totals vs fp32.
+    func printQuantized() throws {
+        let q = try QuantizedModel(path: path)
+        let info = q.info
+        print("quantized model: \(path) (format \(info.format) v\(info.version)), source \(info.sourceModel)")
+        let c = info.calibration.options
+        print("calibration: \(c.trajectories) FP trajectories, \(c.samples) records, \(c.settings.kind.rawValue) \(c.settings.steps) steps eta \(c.settings.eta) guidance \(c.settings.guidance), seed \(c.seed), group size \(c.groupSize)")
+        let fileBytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
+        for (v, variant) in info.variants.enumerated() {
+            let unet = try q.makeUNet(variant: v, mode: .integer)
+            let records = Dictionary(uniqueKeysWithValues: q.variants[v].map { ($0.name, $0) })
+            let costs = ModelCosts(try LayerCosts.measure(unet), precisions: records.mapValues(\.precision))
+            print("")
+            print("variant \(v): \(variant.name), weights \(variant.recipe.weightMethod.rawValue), activation range \(variant.recipe.rangeMethod), keep-8bit \(variant.recipe.policy.keepEightBit.map(\.rawValue).joined(separator: ",")), rules \(variant.recipe.policy.rules.map(\.description))")
+            let header = "layer".padding(toLength: 44, withPad: " ", startingAt: 0)
+            print("\(header)     MACs/img  W  A   weight scales (min…max)   activation scale/zero-point        BOPs (G)   bytes")
+            for row in costs.rows {
+                let r = records[row.name]
+                let ws = r.map { String(format: "%.2e…%.2e", $0.scales.min()!, $0.scales.max()!) } ?? (row.kind == .conv || row.kind == .linear ? "fp32" : "-")
+                let acts = r.map { $0.inputs.map { String(format: "%.3g/%d", $0.scale, $0.zeroPoint) }.joined(separator: " | ") } ?? ""
+                print(String(format: "%@ %12d %2d %2d   %-24@  %-34@ %9.4f %8.0f",
+                             row.name.padding(toLength: 44, withPad: " ", startingAt: 0), row.macs, row.weightBits, row.activationBits,
+                             ws, acts.isEmpty ? "fp32" : acts, row.bops / 1e9, row.weightBytes))
+            }
+            print(String(format: "total: %.3f GMAC, %.3f GBOPs per UNet forward per image (fp32 %.3f GBOPs: %.1f× fewer); weights+params %.2f MB (fp32 %.2f MB: %.1f× smaller); guidance doubles the UNet rows per step",
+                         Double(costs.totalMACs) / 1e9, costs.totalBOPs / 1e9, costs.fp32BOPs / 1e9, costs.fp32BOPs / costs.totalBOPs,
+                         costs.bytes / 1e6, costs.fp32Bytes / 1e6, costs.fp32Bytes / costs.bytes))
+        }
+        print(String(format: "file size: %.2f MB", Double(fileBytes) / 1e6))
+        if let json = info.attachments[CorrectionDocument.attachmentName] {
+            let doc = try CorrectionDocument(json: json)
+            print("")
+            print("PTQD correction: measured for \(doc.settings.kind.rawValue) \(doc.settings.steps) steps eta \(doc.settings.eta) guidance \(doc.settings.guidance) on \(doc.statistics.trajectories) trajectories; bias \(doc.biasMode.rawValue), k clamped \(doc.clampK); default \(doc.defaultCorrection.method.rawValue) components \(doc.defaultCorrection.components.rawValue) vsc \(doc.defaultCorrection.vscMode.rawValue)")
+            if let p = doc.plan {
+                print("mixed plan: \(p.schemes.map(String.init).joined()) (0 = \(info.variants[0].name), 1 = \(info.variants.count > 1 ? info.variants[1].name : "?")), switch at step \(p.switchIndex), ρ = \(p.rho)\(p.generalized ? " (generalized)" : "")")
+            }
+            let t = doc.activeTable
+            print("step  t     k_t      σ_q     SNR^Q      SNR^F")
+            for i in 0..<t.steps {
+                print(String(format: "%4d %4d  %7.4f  %7.4f  %9.3g  %9.3g", i, t.timesteps[i], t.k[i], t.sigmaQ[i], t.snrQ[i], t.snrF?[i] ?? .nan))
+            }
         }
     }
 
