@@ -3,6 +3,7 @@
 import ArgumentParser
 import Diffusion
 import Evaluation
+import Correction
 import Foundation
 import Quantization
 import SafeTensors
@@ -44,6 +45,7 @@ struct Evaluate: ParsableCommand {
     @Option(help: "feature network folder (default: bundled models/fmnist-features)") var features: String?
     @Option(help: "Fashion-MNIST folder (IDX .gz files)") var dataset: String = FashionMNIST.defaultDirectory
     @Option(help: "cache file for the test set's reference statistics") var referenceCache: String?
+    @Option(name: .customLong("fp-cache"), help: "cache file for the fp32 samples (default: OUT/fp32-samples.safetensors)") var fpCache: String?
     @Flag(help: "no progress on stderr") var quiet = false
 
     func validate() throws {
@@ -148,6 +150,14 @@ struct Evaluate: ParsableCommand {
             notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
                     "FID vs n: " + fidCurve.map { "n=\($0.0): \(String(format: "%.2f", $0.1))" }.joined(separator: ", ")])
+        if let doc = r.correction {
+            let cs = r.correctionSettings
+            let parts = [cs.components.contains(.cnc) ? "CNC" : nil, cs.components.contains(.bias) ? "BC" : nil, cs.components.contains(.vsc) ? "VSC" : nil].compactMap { $0 }
+            report.notes.append("Noise correction: \(parts.isEmpty ? "off" : cs.method.rawValue + " " + parts.joined(separator: "+") + " (VSC " + cs.vscMode.rawValue + ")"), statistics from \(doc.statistics.trajectories) FP trajectories\(doc.plan.map { "; mixed plan switches at step \($0.switchIndex)" } ?? "").")
+            if cs.components.contains(.vsc) && settings.eta == 0 && settings.kind == .ddim {
+                report.notes.append("At eta 0 DDIM injects no noise: variance-schedule calibration is inactive.")
+            }
+        }
         if paired != nil { report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.") }
         if fidCurve.count >= 2 {
             let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
@@ -160,7 +170,7 @@ struct Evaluate: ParsableCommand {
 
     /// FP samples for (model, settings, n, seed), reused from `--out`/fp32-samples.safetensors when they match.
     func cachedFPSamples(_ fp: Runner, settings: SamplerSettings, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
-        let path = URL(fileURLWithPath: out).appendingPathComponent("fp32-samples.safetensors").path
+        let path = fpCache ?? URL(fileURLWithPath: out).appendingPathComponent("fp32-samples.safetensors").path
         let weights = fp.weightsFile
         let attrs = try? FileManager.default.attributesOfItem(atPath: weights)
         let key = "\(weights)|\(attrs?[.size] ?? 0)|\((attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)|\(settings.jsonString)|n=\(n)|seed=\(seed)"
