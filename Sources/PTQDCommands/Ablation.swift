@@ -73,9 +73,9 @@ struct Ablation: ParsableCommand {
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
             var e = try Evaluate.parse(args)
             try e.run()
-            rows[i].report = try JSONDecoder().decode(EvaluationReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json")))
+            rows[i].report = try EvaluationReport.read(path: dir + "/report.json")
             if fpReport == nil {
-                fpReport = try JSONDecoder().decode(EvaluationReport.self, from: Data(contentsOf: URL(fileURLWithPath: dir + "/report-fp32.json")))
+                fpReport = try EvaluationReport.read(path: dir + "/report-fp32.json")
             }
         }
         // Table
@@ -103,8 +103,9 @@ struct Ablation: ParsableCommand {
             try plots(doc: doc!, names: qm.info.variants.map(\.name), base: base)
         }
         try md.write(toFile: base.appendingPathComponent("ablation.md").path, atomically: true, encoding: .utf8)
-        let json = try JSONEncoder().encode(rows.compactMap(\.report) + (fpReport.map { [$0] } ?? []))
-        try json.write(to: base.appendingPathComponent("ablation.json"), options: .atomic)
+        let all = (fpReport.map { [$0] } ?? []) + rows.compactMap(\.report)
+        let json = "[\n" + (try all.map { String(decoding: try $0.jsonBytes(), as: UTF8.self) }).joined(separator: ",\n") + "\n]\n"
+        try AtomicFile.write(Array(json.utf8), to: base.appendingPathComponent("ablation.json").path)
         print(md)
         print("wrote \(base.path)/{ablation.md, ablation.json, snr.png, k-sigma.png}")
     }

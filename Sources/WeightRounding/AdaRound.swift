@@ -15,14 +15,27 @@ import Foundation
 
 /// Hyperparameters of `WeightRounding.adaRound`.
 ///
-/// Defaults and why (measured on this machine, 2 cores, release build; see the module tests
-/// `testBenchmark…`, run with `PTQD_ROUNDING_BENCH=1`):
-/// - BRECQ/PTQD run 10 000 minibatch iterations with Adam lr 1e-3 (batch 8). Here the loss is exact
-///   (full batch: H already averages every calibration row), so there is no gradient noise to average
-///   out and far fewer steps suffice. Adam's step is ≈ lr per iteration whatever the gradient scale,
-///   so `iterations × learningRate` is the distance α can travel; 1000 × 1e-2 = 10 equals BRECQ's
-///   10 000 × 1e-3 (α starts within ±2.4, and h saturates at |α| ≈ 2.4).
-/// - See `defaultIterations` / `defaultLearningRate` for the measured quality and time.
+/// **Defaults: 1000 iterations, Adam lr 5e-2** (λ, β, warm-up, ζ, γ as BRECQ/PTQD). BRECQ runs 10 000
+/// minibatch steps at lr 1e-3 (batch 8); here the loss is exact (H already averages every calibration
+/// row), so there is no gradient noise to average out. Adam moves α by about lr per step whatever the
+/// gradient scale, and α starts within ±2.4 (h saturates at |α| ≈ 2.4), so 1000 × 5e-2 leaves ample travel.
+///
+/// Measured (W4, MSE scales, real `models/fmnist-ddpm` weights, synthetic post-SiLU im2col inputs;
+/// `BenchmarkTests`, run with `PTQD_ROUNDING_BENCH=1`; 2.45 GHz AVX2 EPYC, oneDNN `gemm:jit` ≈ 58 GFLOP/s
+/// per core, single-thread CPU seconds; loss = tr(ΔW·H·ΔWᵀ) relative to RTN):
+///
+/// | layer | iterations @ lr → loss / RTN | CPU s |
+/// |---|---|---|
+/// | 128×2304 (up 0 conv1) | 250@1e-2 0.41 · 500@1e-2 0.28 · 1000@1e-2 0.18 · 2000@1e-2 0.13 | 27 per 1000 it |
+/// |  | 1000@3e-3 0.27 · 1000@3e-2 0.150 · **1000@5e-2 0.146** · 1000@1e-1 0.147 · GPTQ 0.118 (0.9 s) | |
+/// | 128×1152 (mid conv1) | 1000@1e-2 0.166 · 1000@3e-2 0.134 · **1000@5e-2 0.130** · 1000@1e-1 0.130 · 2000@3e-2 0.114 | 7 |
+/// | 32×288, 64×192, 128×128 | 1000@1e-2 0.175 / 0.315 / 0.365 → 1000@5e-2 0.148 / 0.291 / 0.350 | 0.2–0.3 |
+///
+/// Whole UNet (65 conv/linear layers, largest 128×2304): **127 s single-core CPU** with the defaults,
+/// geometric-mean loss ratio vs RTN **0.235** (GPTQ: 0.266 in 3.8 s). On two idle cores expect ≈ 65–80 s:
+/// the [rows, K]×[K, K] product (~90% of an iteration on the large layers) and the elementwise passes of
+/// layers with ≥ 64k weights use both (not measurable on the shared test machine, which ran at load 5).
+/// lr between 3e-2 and 1e-1 is flat; doubling the iterations buys another ~15% loss for twice the time.
 public struct AdaRoundOptions: Sendable, Equatable {
     /// Adam steps (full batch). Default `defaultIterations`.
     public var iterations: Int
@@ -38,12 +51,13 @@ public struct AdaRoundOptions: Sendable, Equatable {
     public var learningRate: Double
     /// Rectified-sigmoid stretch: h = clamp(σ(α)(ζ−γ)+γ, 0, 1).
     public var zeta: Double = 1.1
+    /// Rectified-sigmoid offset (see `zeta`).
     public var gamma: Double = -0.1
 
     /// Default iteration count (see the type's doc comment for the measurements).
     public static let defaultIterations = 1000
     /// Default Adam learning rate on α.
-    public static let defaultLearningRate = 1e-2
+    public static let defaultLearningRate = 5e-2
 
     public init(iterations: Int = AdaRoundOptions.defaultIterations, lambda: Double = 0.01,
                 betaStart: Double = 20, betaEnd: Double = 2, warmup: Double = 0.2,
@@ -88,8 +102,9 @@ extension WeightRounding {
     ///   - hessian: `[columns, columns]` row-major Float64 = mean over input rows x (one im2col patch /
     ///     one token, same K order as the weights) of x·xᵀ. Used in fp32 for the per-iteration product.
     /// - Returns: `[rows, columns]` integers in [qmin, qmax], each within one step of round-to-nearest;
-    ///   `[]` on invalid input (`validate` gives the reason). Deterministic (full batch, no randomness,
-    ///   per-row reductions independent of the thread count).
+    ///   `[]` on invalid input (`validate` gives the reason). Deterministic: full batch, no randomness;
+    ///   the same input and oneDNN thread count give the same output (a different thread count may change
+    ///   the fp32 summation order of the product and so, rarely, a rounding decision).
     public static func adaRound(weights: [Float], rows: Int, columns: Int, scales: [Float], grid: WeightGrid,
                                 hessian: [Double], options: AdaRoundOptions = .init()) -> [Int8] {
         guard (try? validate(weights: weights, rows: rows, columns: columns, scales: scales, grid: grid, hessian: hessian)) != nil,
