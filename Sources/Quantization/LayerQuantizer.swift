@@ -192,6 +192,12 @@ public final class LayerQuantizer {
         let rows = layer.kind.outputs, cols = layer.kind.weightCount / rows
         let grid = WeightGrid(bits: p.weightBits)
         let scales = WeightRounding.mseScales(weights: layer.weights, rows: rows, columns: cols, grid: grid)
+        let hessian = recipe.weightMethod == .rtn ? nil : capture.meanHessian
+        do {
+            try WeightRounding.validate(weights: layer.weights, rows: rows, columns: cols, scales: scales, grid: grid, hessian: hessian)
+        } catch {
+            throw QuantizationError.calibration("layer \(layer.name): \(error)")
+        }
         let q: [Int8]
         switch recipe.weightMethod {
         case .rtn:
@@ -200,11 +206,13 @@ public final class LayerQuantizer {
             var o = AdaRoundOptions()
             if let it = recipe.adaRoundIterations { o.iterations = it }
             q = WeightRounding.adaRound(weights: layer.weights, rows: rows, columns: cols, scales: scales, grid: grid,
-                                        hessian: capture.meanHessian, options: o)
+                                        hessian: hessian!, options: o)
         case .gptq:
-            q = try WeightRounding.gptq(weights: layer.weights, rows: rows, columns: cols, scales: scales, grid: grid,
-                                        hessian: capture.meanHessian)
+            do {
+                q = try WeightRounding.gptq(weights: layer.weights, rows: rows, columns: cols, scales: scales, grid: grid, hessian: hessian!)
+            } catch { throw QuantizationError.calibration("layer \(layer.name): GPTQ failed: \(error)") }
         }
+        guard q.count == layer.weights.count else { throw QuantizationError.calibration("layer \(layer.name): weight rounding returned \(q.count) values") }
         return QuantizedLayer(name: layer.name, precision: p, q: q, scales: scales, inputs: inputs,
                               split: inputs.count == 2 ? layer.inputSplit : nil)
     }

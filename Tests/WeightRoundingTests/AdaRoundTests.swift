@@ -5,7 +5,11 @@ import TensorCore
 /// AdaRound: the fast gradient against the Float64 reference, quality against RTN, grid bounds,
 /// determinism, and the ±1 property of the final rounding.
 final class AdaRoundTests: XCTestCase {
-    override class func setUp() { DNNL.setThreads(2) }
+    /// One oneDNN thread for these small layers (OpenMP barriers dominate tiny products on a loaded
+    /// 2-core machine); the previous count is restored for the other test classes.
+    nonisolated(unsafe) static var savedThreads = 2
+    override class func setUp() { savedThreads = DNNL.threads; DNNL.setThreads(1) }
+    override class func tearDown() { DNNL.setThreads(savedThreads) }
 
     /// Fast forward+gradient (oneDNN product, 16-lane elementwise, row tails) vs the naive Float64
     /// reference, with and without the regularizer, on a layer where some weights clamp at the grid edge.
@@ -82,17 +86,21 @@ final class AdaRoundTests: XCTestCase {
         XCTAssertEqual(ada, rtn)
     }
 
-    /// The regularizer drives h to {0, 1}: after the annealing almost every soft rounding is decided.
+    /// The regularizer drives h to {0, 1}: with λ = 0.01 (almost) every soft rounding is decided by the
+    /// end; with λ = 0 many stay in between.
     func testRegularizerDecidesRounding() {
         let layer = TestLayer(rows: 8, k: 48, samples: 200, seed: 4)
         let grid = WeightGrid(bits: 4)
         let s = WeightRounding.mseScales(weights: layer.weights, rows: 8, columns: 48, grid: grid)
-        let solver = AdaRoundSolver(weights: layer.weights, rows: 8, columns: 48, scales: s, grid: grid,
-                                    hessian: layer.hessian, options: AdaRoundOptions())
-        solver.run()
-        solver.forward()
-        let undecided = solver.h.filter { $0 > 0.01 && $0 < 0.99 }.count
-        XCTAssertLessThan(undecided, solver.h.count / 50, "soft rounding still undecided for \(undecided) of \(solver.h.count)")
+        func undecided(_ options: AdaRoundOptions) -> Int {
+            let solver = AdaRoundSolver(weights: layer.weights, rows: 8, columns: 48, scales: s, grid: grid,
+                                        hessian: layer.hessian, options: options)
+            solver.run()
+            solver.forward()
+            return solver.h.filter { $0 > 0 && $0 < 1 }.count
+        }
+        XCTAssertLessThanOrEqual(undecided(AdaRoundOptions()), 8 * 48 / 100)
+        XCTAssertGreaterThan(undecided(AdaRoundOptions(lambda: 0)), 8 * 48 / 10)
     }
 }
 

@@ -1,0 +1,176 @@
+import Foundation
+import SafeTensors
+import TensorCore
+import XCTest
+
+/// `ptqd quantize`, and `sample`/`inspect` on its output, run as a user would.
+final class QuantizeCLITests: XCTestCase {
+    /// `$PTQD_BINARY`, else the `ptqd` beside the test bundle (any scratch path), else `.build/release/ptqd`.
+    var binary: URL {
+        let fm = FileManager.default
+        var candidates: [URL] = []
+        if let env = ProcessInfo.processInfo.environment["PTQD_BINARY"], !env.isEmpty { candidates.append(URL(fileURLWithPath: env)) }
+        candidates += CommandLine.arguments.filter { $0.hasSuffix(".xctest") }
+            .map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("ptqd") }
+        candidates += Bundle.allBundles.map(\.bundleURL).filter { $0.pathExtension == "xctest" }
+            .map { $0.deletingLastPathComponent().appendingPathComponent("ptqd") }
+        candidates.append(Bundle.main.bundleURL.appendingPathComponent("ptqd"))
+        candidates.append(repo.appendingPathComponent(".build/release/ptqd"))
+        return candidates.first { fm.isExecutableFile(atPath: $0.path) } ?? candidates.last!
+    }
+    var repo: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
+    func fixture(_ name: String) -> String { repo.appendingPathComponent("Tests/DiffusionTests/Fixtures/\(name)").path }
+    var tmp: URL!
+    func tmpPath(_ name: String) -> String { tmp.appendingPathComponent(name).path }
+
+    override func setUpWithError() throws {
+        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ptqd-qcli-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: binary.path), "ptqd binary not built at \(binary.path)")
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
+
+    @discardableResult
+    func run(_ args: [String]) throws -> (code: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = binary
+        p.arguments = args
+        p.currentDirectoryURL = repo
+        let o = Pipe(), e = Pipe()
+        p.standardOutput = o; p.standardError = e
+        try p.run()
+        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
+    }
+
+    /// Tiny calibration: 4 trajectories × 4 steps, 8 records.
+    func quantizeArgs(_ model: String, scheme: String, out: String) -> [String] {
+        ["quantize", "--model", fixture(model), "--scheme", scheme, "--calib", "4", "--calib-samples", "8", "--steps", "4",
+         "--out", out, "--quiet", "--threads", "2"]
+    }
+
+    func assertNoTemporaryFiles(_ line: UInt = #line) {
+        let left = ((try? FileManager.default.contentsOfDirectory(atPath: tmp.path)) ?? []).filter { $0.contains(".tmp") }
+        XCTAssertEqual(left, [], "temporary files left behind", line: line)
+    }
+
+    func testQuantizeSampleInspectClassConditional() throws {
+        let q = tmpPath("x.safetensors")
+        let r = try run(quantizeArgs("cond_attn_28", scheme: "w4a8", out: q))
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: q))
+        XCTAssertTrue(r.out.contains("w4a8 (rtn, mse activations)"), r.out)
+        XCTAssertTrue(r.out.contains("layers quantized"), r.out)
+        XCTAssertTrue(r.out.contains("GBOPs"), r.out)
+        XCTAssertTrue(r.out.contains("wrote \(q)"), r.out)
+        XCTAssertEqual(r.err, "", "--quiet should keep stderr empty")
+        assertNoTemporaryFiles()
+        let f = try SafeTensorsFile(path: q)
+        XCTAssertNotNil(f.metadata["ptqd"])
+        XCTAssertTrue(f.names.contains { $0.hasPrefix("ptqd.v0.") && $0.hasSuffix(".qweight") })
+        XCTAssertFalse(f.contains("down_blocks.0.resnets.0.conv1.weight"), "quantized layer's fp32 weight still stored")
+
+        // sample with integer kernels and with the simulation.
+        let png = tmpPath("x.png"), st = tmpPath("s.safetensors")
+        let s = try run(["sample", "--quantized", q, "--n", "4", "--steps", "3", "--class", "0", "--out", png,
+                         "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(s.code, 0, s.err)
+        XCTAssertTrue(s.out.contains("[w4a8]"), s.out)
+        let pngBytes = try Data(contentsOf: URL(fileURLWithPath: png))
+        XCTAssertEqual(Array(pngBytes.prefix(8)), [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A])
+        let integer = try SafeTensorsFile(path: st).floats("samples")
+        XCTAssertTrue(integer.allSatisfy { $0.isFinite })
+        let sim = try run(["sample", "--quantized", q, "--simulate", "--n", "4", "--steps", "3", "--class", "0",
+                           "--out", tmpPath("sim.png"), "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(sim.code, 0, sim.err)
+        XCTAssertTrue(sim.out.contains("simulated"), sim.out)
+        let simulated = try SafeTensorsFile(path: st).floats("samples")
+        XCTAssertLessThanOrEqual(relativeError(integer, simulated), 1e-3, "integer vs simulated samples after 3 steps")
+        // The fp32 model gives different samples.
+        let fp = try run(["sample", "--model", fixture("cond_attn_28"), "--n", "4", "--steps", "3", "--class", "0",
+                          "--out", tmpPath("fp.png"), "--save-tensors", st, "--quiet"])
+        XCTAssertEqual(fp.code, 0, fp.err)
+        XCTAssertGreaterThan(relativeError(integer, try SafeTensorsFile(path: st).floats("samples")), 0)
+
+        // inspect shows the ptqd metadata and integer tensors.
+        let i = try run(["inspect", q])
+        XCTAssertEqual(i.code, 0, i.err)
+        for needle in ["ptqd:", "ptqd.v0.conv_in.qweight", "I8", "U8", "wscale"] {
+            XCTAssertTrue(i.out.contains(needle), "inspect lacks \(needle)")
+        }
+    }
+
+    func testQuantizeUnconditionalWeightOnlyAndRules() throws {
+        let q = tmpPath("u.safetensors")
+        var args = quantizeArgs("uncond_plain_16", scheme: "w4a32", out: q)
+        args += ["--keep-8bit", "none", "--rule", "mid_block.*=fp32", "--rule", "conv_out=w8a8", "--act-range", "percentile:99.9"]
+        let r = try run(args)
+        XCTAssertEqual(r.code, 0, r.err)
+        XCTAssertTrue(r.out.contains("w4a32"), r.out)
+        let f = try SafeTensorsFile(path: q)
+        XCTAssertTrue(f.contains("mid_block.resnets.0.conv1.weight"), "rule =fp32 must keep the fp32 weight")
+        XCTAssertFalse(f.contains("ptqd.v0.mid_block.resnets.0.conv1.qweight"))
+        XCTAssertEqual(try f.info("ptqd.v0.conv_in.qweight").dtype, .u8, "--keep-8bit none: conv_in at 4 bits")
+        XCTAssertEqual(try f.info("ptqd.v0.conv_out.qweight").dtype, .i8, "--rule conv_out=w8a8")
+        let s = try run(["sample", "--quantized", q, "--n", "4", "--steps", "3", "--out", tmpPath("u.png"), "--quiet"])
+        XCTAssertEqual(s.code, 0, s.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: tmpPath("u.png")))
+        // --class does not apply to an unconditional model.
+        let c = try run(["sample", "--quantized", q, "--n", "4", "--steps", "3", "--class", "0", "--out", tmpPath("c.png")])
+        XCTAssertNotEqual(c.code, 0)
+    }
+
+    func testBadFlagsFailWithOneLineAndWriteNothing() throws {
+        let out = tmpPath("x.safetensors"), png = tmpPath("x.png")
+        let model = fixture("cond_attn_28")
+        let fp32File = fixture("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
+        let cases: [([String], String)] = [
+            (quantizeArgs("cond_attn_28", scheme: "w9a8", out: out), "w9a8"),
+            (quantizeArgs("cond_attn_28", scheme: "banana", out: out), "banana"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: tmpPath("x.txt")), ".safetensors"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--rule", "nope"], "nope"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--rule", "conv_in=w4a99"], "w4a99"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--keep-8bit", "foo"], "foo"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--act-range", "weird"], "weird"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--weights", "magic"], "magic"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--calib", "0"], "--calib"),
+            (quantizeArgs("cond_attn_28", scheme: "w4a8", out: out) + ["--group-size", "0"], "--group-size"),
+            (quantizeArgs("nonexistent-model", scheme: "w4a8", out: out), "nonexistent-model"),
+            (["quantize", "--model", model, "--out", out], "--scheme"),
+            (["sample", "--model", model, "--simulate", "--out", png, "--n", "2", "--steps", "1"], "--quantized"),
+            (["sample", "--quantized", fp32File, "--out", png, "--n", "2", "--steps", "1", "--class", "0"], "ptqd"),
+            (["sample", "--quantized", tmpPath("missing.safetensors"), "--out", png, "--n", "2", "--steps", "1"], "missing.safetensors"),
+        ]
+        for (args, needle) in cases {
+            let r = try run(args)
+            XCTAssertNotEqual(r.code, 0, "\(args) should fail")
+            let errorLines = r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            XCTAssertEqual(errorLines.count, 1, "\(args): expected one Error: line, got \(r.err)")
+            XCTAssertTrue(errorLines.first.map { $0.contains(needle) } ?? false, "\(args): error does not name '\(needle)': \(r.err)")
+            XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path), [], "\(args) wrote something")
+        }
+    }
+
+    func testQuantizeIntoMissingDirectoryFailsCleanly() throws {
+        let out = tmpPath("missing/x.safetensors")
+        let r = try run(quantizeArgs("uncond_plain_16", scheme: "w8a8", out: out))
+        XCTAssertNotEqual(r.code, 0)
+        let errorLines = r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        XCTAssertEqual(errorLines.count, 1, r.err)
+        XCTAssertTrue(r.err.contains("missing/x.safetensors"), r.err)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: tmp.path), [])
+    }
+
+    func testTruncatedQuantizedFileIsRefusedBySample() throws {
+        let q = tmpPath("t.safetensors")
+        XCTAssertEqual(try run(quantizeArgs("uncond_plain_16", scheme: "w8a8", out: q)).code, 0)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: q))
+        try bytes.prefix(bytes.count - 100).write(to: URL(fileURLWithPath: q))
+        let r = try run(["sample", "--quantized", q, "--n", "2", "--steps", "1", "--out", tmpPath("t.png")])
+        XCTAssertNotEqual(r.code, 0)
+        XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, r.err)
+        XCTAssertTrue(r.err.contains("t.safetensors"), r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("t.png")))
+    }
+}
