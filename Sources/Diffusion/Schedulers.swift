@@ -60,11 +60,10 @@ struct ScheduleCore {
             timesteps = (0..<steps).map { $0 * ratio + config.stepsOffset }.reversed()
         case .trailing:
             // np.round(np.arange(T, 0, -T/steps)) - 1
+            // np.arange has exactly `steps` elements here; computing each from its index avoids a
+            // float-accumulation extra element (which became timestep −1).
             let ratio = Double(t) / Double(steps)
-            var ts: [Int] = []
-            var v = Double(t)
-            while v > 0 { ts.append(Int(v.rounded(.toNearestOrEven)) - 1); v -= ratio }
-            timesteps = ts
+            timesteps = (0..<steps).map { Int((Double(t) - Double($0) * ratio).rounded(.toNearestOrEven)) - 1 }
         }
         for ts in timesteps where ts < 0 || ts >= t {
             throw ModelError.invalidInput("timestep \(ts) falls outside 0..<\(t) (steps_offset \(config.stepsOffset) with \(steps) steps)")

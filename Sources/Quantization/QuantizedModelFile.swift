@@ -188,7 +188,9 @@ public final class QuantizedModel {
         let unet = try UNet2D(config: unetConfig, weights: file, overrides: overrides, consumedElsewhere: consumed)
         for layer in unet.layers {
             guard let record = fitted.removeValue(forKey: layer.name) else { continue }
-            try record.validate(against: layer)
+            do { try record.validate(against: layer) } catch let QuantizationError.file(_, reason) {
+                throw QuantizationError.file(path: path, reason: "layer \(record.name): \(reason)")
+            }
             layer.kernel = record.makeKernel(for: layer, mode: mode)
         }
         if let unknown = fitted.keys.sorted().first {
