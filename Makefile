@@ -24,8 +24,8 @@ build: setup
 ## (FID on a small n, PSNR/SSIM vs FP, BOPs, file size, images/s). Under 10 minutes on 2 cores.
 demo: build
 	@mkdir -p out
-	$(PTQD) quantize --scheme w4a8 --weights rtn --correct ptqd --setting A --calib 64 --stats-trajectories 128 --out out/demo-w4a8.safetensors
-	$(PTQD) evaluate --quantized out/demo-w4a8.safetensors --setting A --n 200 --out out/demo
+	$(PTQD) quantize --scheme w4a8 --weights rtn --correct ptqd --setting A --calib 64 --stats-trajectories 64 --out out/demo-w4a8.safetensors
+	$(PTQD) evaluate --quantized out/demo-w4a8.safetensors --setting A --n 100 --out out/demo
 	@echo "FP (left) and W4A8+PTQD (right), one row per class: out/demo/grid.png"
 
 

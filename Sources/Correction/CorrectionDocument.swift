@@ -60,8 +60,14 @@ public struct CorrectionDocument: Codable, Equatable, Sendable {
             throw CorrectionError.invalid("the file's correction data is malformed (\(error)); re-create it with `ptqd quantize --correct ptqd`")
         }
         guard version <= 1 else { throw CorrectionError.invalid("correction data version \(version) is newer than this ptqd understands; upgrade ptqd") }
+        guard !tables.isEmpty else { throw CorrectionError.invalid("the file's correction data holds no table; re-create it") }
         for t in tables { try t.validate() }
         try mixedTable?.validate()
+        if let p = plan {
+            guard let m = mixedTable, p.schemes.count == m.steps, p.schemes.allSatisfy({ $0 >= 0 && $0 < tables.count }) else {
+                throw CorrectionError.invalid("the file's mixed-precision plan does not fit its tables; re-create it with `ptqd quantize --mixed`")
+            }
+        }
     }
 }
 

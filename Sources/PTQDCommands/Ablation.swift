@@ -31,7 +31,7 @@ struct Ablation: ParsableCommand {
 
     func validate() throws {
         guard n >= 1, calib >= 1, statsTrajectories >= 1 else { throw ValidationError("--n, --calib and --stats-trajectories must be >= 1") }
-        let parts = scheme.split(separator: ":").map(String.init)
+        let parts = scheme.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
         guard parts.count == 1 || parts.count == 2 else { throw ValidationError("--scheme must be wXaY or CHEAP:STRONG, got '\(scheme)'") }
         for p in parts { _ = try LayerPrecision(parsing: p) }
     }

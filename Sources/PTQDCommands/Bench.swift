@@ -65,8 +65,17 @@ struct Bench: ParsableCommand {
             for f in files.split(separator: ",").map(String.init) {
                 let r = try Runner(quantizedFile: f, mode: .integer)
                 let dup = r.unet.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
+                // Mixed precision: time every variant; throughput = 1 / Σ_v (share of steps_v / images/s_v).
+                let shares: [Double] = {
+                    guard let plan = r.correction?.plan, r.unets.count > 1, !plan.schemes.isEmpty else { return [1] }
+                    return r.unets.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
+                }()
                 for b in bs {
-                    let q = try measure(r.unet, batch: b, cfg: cfg, convMACs: costs.convMACs)
+                    let parts = try zip(r.unets, shares).filter { $0.1 > 0 }.map { try (measure($0.0, batch: b, cfg: cfg, convMACs: costs.convMACs), $0.1) }
+                    let perImage = parts.reduce(0.0) { $0 + $1.1 / $1.0.imagesPerSecond }
+                    let ms = parts.reduce(0.0) { $0 + $1.1 * $1.0.msPerForward }
+                    let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
+                    let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv)
                     let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                     print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s  →  %@/fp32 = %.2f×%@",
                                  r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,

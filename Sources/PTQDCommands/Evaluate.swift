@@ -72,6 +72,9 @@ struct Evaluate: ParsableCommand {
         if let q, q.unet.config != fp.unet.config {
             throw ValidationError("--quantized \(q.path) was made from a model with a different config than \(fp.path); pass the source model with --model")
         }
+        if let q, q.scheduler != fp.scheduler {
+            throw ValidationError("--quantized \(q.path) carries a different scheduler config than \(fp.path); pass its source model with --model")
+        }
         guard fp.unet.isClassConditional, let table = fp.unet.config.numClassEmbeds else {
             throw ValidationError("evaluate needs a class-conditional model with a class table (equal samples per class)")
         }

@@ -47,7 +47,7 @@ struct SamplerOptions: ParsableArguments {
 
     func validate() throws {
         guard steps >= 1 else { throw ValidationError("--steps must be >= 1, got \(steps)") }
-        guard eta.isFinite, eta >= 0 else { throw ValidationError("--eta must be a finite number >= 0, got \(eta)") }
+        guard eta.isFinite, eta >= 0, eta <= 1 else { throw ValidationError("--eta must be in [0, 1], got \(eta)") }
         guard guidance.isFinite else { throw ValidationError("--guidance must be finite") }
     }
 

@@ -82,6 +82,9 @@ final class Runner {
         variantPrecisions = q.variants.map { v in Dictionary(uniqueKeysWithValues: v.map { ($0.name, $0.precision) }) }
         precisions = variantPrecisions[0]
         let doc = try q.info.attachments[CorrectionDocument.attachmentName].map { try CorrectionDocument(json: $0) }
+        if let d = doc, d.tables.count != q.variants.count {
+            throw ValidationError("\(file): correction data has \(d.tables.count) tables for \(q.variants.count) weight variants; re-create the file")
+        }
         correction = doc
         var cs = doc?.defaultCorrection ?? .off
         if let o = options {
@@ -113,21 +116,29 @@ final class Runner {
         try GuidedUNet(unet: u, guidance: u.isClassConditional ? settings.guidance : 1, nullClass: settings.nullClass)
     }
 
-    /// Whether `settings` are the ones the file's statistics/plan were made for.
+    /// Whether `settings` are the ones the file's statistics/plan (or, without them, its calibration) were made for.
+    /// Null classes are compared after resolving the default (the last class embedding).
     func matchesCorrection(_ settings: SamplerSettings) -> Bool {
-        guard let d = correction?.settings else { return true }
+        guard let d = correction?.settings ?? quantized?.info.calibration.options.settings else { return true }
+        func null(_ s: SamplerSettings) -> Int? { (try? guided(unet, s))?.nullClass }
         return d.kind == settings.kind && d.steps == settings.steps && d.eta == settings.eta && d.guidance == settings.guidance
-            && (d.nullClass ?? -1) == (settings.nullClass ?? -1)
+            && null(d) == null(settings)
     }
 
     /// The sampler for `settings`: mixed-precision plan and PTQD correction applied when the file has them.
     func sampler(_ settings: SamplerSettings) throws -> Sampler {
         let scheduler = try Sampler.makeScheduler(settings, config: self.scheduler)
-        guard let doc = correction else { return Sampler(scheduler: scheduler, predictor: try predictor(settings)) }
         let matches = matchesCorrection(settings)
+        guard let doc = correction else {
+            if !matches, let c = quantized?.info.calibration.options.settings {
+                note("note: \(path) was calibrated for \(c.kind.rawValue) \(c.steps) steps, eta \(c.eta), guidance \(c.guidance); its activation ranges may fit these settings less well")
+            }
+            return Sampler(scheduler: scheduler, predictor: try predictor(settings))
+        }
         let measured = "\(doc.settings.kind.rawValue) \(doc.settings.steps) steps, eta \(doc.settings.eta), guidance \(doc.settings.guidance)"
-        if !matches && !force {
-            throw ValidationError("\(path) was calibrated for \(measured); sample with those settings, or pass --force (or --no-correct)")
+        let usesCorrection = correctionSettings.correctsPrediction || correctionSettings.calibratesVariance
+        if !matches && !force && (usesCorrection || doc.plan != nil) {
+            throw ValidationError("\(path) holds PTQD statistics\(doc.plan != nil ? " and a mixed-precision plan" : "") measured for \(measured); sample with those settings or pass --force\(doc.plan == nil ? " (or --no-correct)" : "")")
         }
         var predictor: NoisePredictor = try guided(unets[0], settings)
         if let plan = doc.plan {

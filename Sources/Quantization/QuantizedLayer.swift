@@ -45,6 +45,14 @@ public struct QuantizedLayer: Sendable {
 
     /// Checks this record against the network layer it replaces.
     public func validate(against layer: WeightLayer) throws {
+        guard (2...8).contains(precision.weightBits), precision.activationBits.map({ (2...8).contains($0) }) ?? true else {
+            throw QuantizationError.file(path: name, reason: "bits \(precision) outside 2...8")
+        }
+        for a in inputs {
+            guard a.scale > 0, a.scale.isFinite, (2...8).contains(a.bits), a.zeroPoint >= 0, Int(a.zeroPoint) < (1 << a.bits) else {
+                throw QuantizationError.file(path: name, reason: "invalid activation quantizer (scale \(a.scale), zero point \(a.zeroPoint), \(a.bits) bits)")
+            }
+        }
         let o = layer.kind.outputs
         guard q.count == layer.kind.weightCount, scales.count == o else {
             throw QuantizationError.file(path: name, reason: "quantized weights \(q.count)/scales \(scales.count) do not fit layer of \(layer.kind.weightCount) weights, \(o) outputs")

@@ -130,6 +130,10 @@ public final class QuantizedModel {
         var variants: [[QuantizedLayer]] = []
         var referenced: Set<String> = []
         for (v, variant) in info.variants.enumerated() {
+            let names = variant.layers.map(\.name)
+            guard Set(names).count == names.count else {
+                throw QuantizationError.file(path: path, reason: "variant \(v) lists a layer twice; re-create the file with `ptqd quantize`")
+            }
             var layers: [QuantizedLayer] = []
             for l in variant.layers {
                 let wName = QuantizedTensorName.weights(v, l.name), sName = QuantizedTensorName.scales(v, l.name)
