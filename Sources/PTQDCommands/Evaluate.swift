@@ -19,6 +19,16 @@ enum EvaluationSetting: String, ExpressibleByArgument, CaseIterable {
         case .B: return SamplerSettings(kind: .ddim, steps: 100, eta: 1, guidance: 1.5)
         }
     }
+
+    /// The setting with any of `--steps/--eta/--guidance/--null-class` applied.
+    func settings(steps: Int?, eta: Float?, guidance: Float?, nullClass: Int?) -> SamplerSettings {
+        var s = settings
+        if let v = steps { s.steps = v }
+        if let v = eta { s.eta = v }
+        if let v = guidance { s.guidance = v }
+        s.nullClass = nullClass
+        return s
+    }
 }
 
 struct Evaluate: ParsableCommand {
@@ -56,14 +66,7 @@ struct Evaluate: ParsableCommand {
         if let g = guidance, !g.isFinite { throw ValidationError("--guidance must be finite") }
     }
 
-    var samplerSettings: SamplerSettings {
-        var s = setting.settings
-        if let v = steps { s.steps = v }
-        if let v = eta { s.eta = v }
-        if let v = guidance { s.guidance = v }
-        s.nullClass = nullClass
-        return s
-    }
+    var samplerSettings: SamplerSettings { setting.settings(steps: steps, eta: eta, guidance: guidance, nullClass: nullClass) }
 
     func run() throws {
         runtime.apply()

@@ -62,14 +62,7 @@ struct Quantize: ParsableCommand {
         _ = try mixedSchemes()
     }
 
-    var samplerSettings: SamplerSettings {
-        var s = setting.settings
-        if let v = steps { s.steps = v }
-        if let v = eta { s.eta = v }
-        if let v = guidance { s.guidance = v }
-        s.nullClass = nullClass
-        return s
-    }
+    var samplerSettings: SamplerSettings { setting.settings(steps: steps, eta: eta, guidance: guidance, nullClass: nullClass) }
 
     func recipe(scheme text: String? = nil) throws -> QuantizationRecipe {
         let policy = PrecisionPolicy(scheme: try LayerPrecision(parsing: text ?? scheme), keepEightBit: try PrecisionPolicy.parseKeep(keep8bit),

@@ -58,6 +58,8 @@ final class InputCapture: WeightLayerKernel {
     private(set) var hessian: [Double] = []
     private(set) var hessianRows = 0
     private var rng: GaussianStream
+    /// XᵀX product; its oneDNN primitive is cached per row count.
+    private let gram = StridedBatchedMatmul()
 
     init(layer: WeightLayer, inner: WeightLayerKernel, observe: Bool, hessian: Bool, positions: Int, seed: UInt64) {
         self.layer = layer; self.inner = inner; self.wantsHessian = hessian; self.positions = positions
@@ -123,8 +125,7 @@ final class InputCapture: WeightLayerKernel {
         let r = rows.count / k
         let out = Tensor(shape: [k, k])
         rows.withUnsafeMutableBufferPointer { xp in
-            let mm = StridedBatchedMatmul()
-            mm.run(a: xp.baseAddress!, .init(dims: [1, 1, k, r], strides: [k * r, k * r, 1, k]),
+            gram.run(a: xp.baseAddress!, .init(dims: [1, 1, k, r], strides: [k * r, k * r, 1, k]),
                    b: xp.baseAddress!, .init(dims: [1, 1, r, k], strides: [k * r, k * r, k, 1]),
                    c: out.data, .init(dims: [1, 1, k, k], strides: [k * k, k * k, k, 1]))
         }
