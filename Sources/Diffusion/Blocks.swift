@@ -45,13 +45,8 @@ final class ResnetBlock {
         h = conv1(h)
         let t = timeProj(tembSiLU)
         if scaleShift {
-            let c = h.shape[3], n = h.shape[0], hw = h.shape[1] * h.shape[2]
             h = norm2(h)
-            for b in 0..<n { for p in 0..<hw { for i in 0..<c {
-                let idx = (b * hw + p) * c + i
-                h.data[idx] = h.data[idx] * (1 + t.data[b * 2 * c + i]) + t.data[b * 2 * c + c + i]
-            } } }
-            Ops.siluInPlace(h)
+            Ops.scaleShiftInPlace(h, t, silu: true)
         } else {
             h = norm2(h, preAdd: t, silu: true)
         }
@@ -94,13 +89,13 @@ final class AttentionBlock {
         let t = hh * ww, d = headDim, inner = heads * d
         let h = norm.map { $0(x) } ?? x
         let q = toQ(h), k = toK(h), v = toV(h)                      // [N, H, W, inner] = [N, T, inner]
-        let s = Tensor(shape: [n, heads, t, t])
+        let s = Tensor(uninitialized: [n, heads, t, t])
         let headLayout = StridedBatchedMatmul.Operand(dims: [n, heads, t, d], strides: [t * inner, d, inner, 1])
         scores.run(a: q.data, headLayout,
                    b: k.data, .init(dims: [n, heads, d, t], strides: [t * inner, d, 1, inner]),
                    c: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]))
         Ops.softmaxRowsInPlace(s.data, rows: n * heads * t, length: t, scale: 1 / Float(d).squareRoot())
-        let o = Tensor(shape: [n, hh, ww, inner])
+        let o = Tensor(uninitialized: [n, hh, ww, inner])
         values.run(a: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]),
                    b: v.data, headLayout, c: o.data, headLayout)
         return Ops.residual(toOut(o), x, divisor: rescale)

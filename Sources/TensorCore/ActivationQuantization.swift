@@ -6,7 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 /// Asymmetric per-tensor quantization of activations to unsigned `bits`-bit integers (stored in u8):
-/// `q = clamp(round_half_even(x / scale) + zeroPoint, 0, 2^bits − 1)`, `x̂ = (q − zeroPoint)·scale`.
+/// `q = clamp(round_half_even(x · (1/scale)) + zeroPoint, 0, 2^bits − 1)`, `x̂ = (q − zeroPoint)·scale`.
 /// Zero is exactly representable (q = zeroPoint), which zero padding relies on.
 public struct ActivationQuantization: Codable, Equatable, Sendable {
     /// Step size (> 0, finite).
@@ -41,9 +41,20 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
     @inline(__always)
     public func quantize(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt8>, count: Int) {
         let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax)
-        for i in 0..<count {
-            let q = min(max((src[i] * inv).rounded(.toNearestOrEven) + z, 0), hi)
-            dst[i] = UInt8(q)
+        // 2^23 + q has q in its low mantissa bits for integer q in 0...255: the low byte is the u8.
+        let magic = SIMD16<Float>(repeating: 8_388_608)
+        var i = 0
+        while i + 16 <= count {
+            let q = Self.levels(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self), inv: inv, z: z, hi: hi)
+            let bytes = SIMD16<UInt8>(truncatingIfNeeded: unsafeBitCast(q + magic, to: SIMD16<UInt32>.self))
+            UnsafeMutableRawPointer(dst + i).storeBytes(of: bytes, as: SIMD16<UInt8>.self)
+            i += 16
+        }
+        if i < count {  // the tail through the same vector code, so every element rounds identically
+            var v = SIMD16<Float>(repeating: 0)
+            for j in 0..<(count - i) { v[j] = src[i + j] }
+            let q = Self.levels(v, inv: inv, z: z, hi: hi)
+            for j in 0..<(count - i) { dst[i + j] = UInt8(truncatingIfNeeded: unsafeBitCast(q[j] + 8_388_608, to: UInt32.self)) }
         }
     }
 
@@ -51,10 +62,35 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
     @inline(__always)
     public func fakeQuantize(_ p: UnsafeMutablePointer<Float>, count: Int) {
         let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax), s = scale
-        for i in 0..<count {
-            let q = min(max((p[i] * inv).rounded(.toNearestOrEven) + z, 0), hi)
-            p[i] = (q - z) * s
+        var i = 0
+        while i + 16 <= count {
+            let q = Self.levels(UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self), inv: inv, z: z, hi: hi)
+            UnsafeMutableRawPointer(p + i).storeBytes(of: (q - z) * s, as: SIMD16<Float>.self)
+            i += 16
         }
+        if i < count {
+            var v = SIMD16<Float>(repeating: 0)
+            for j in 0..<(count - i) { v[j] = p[i + j] }
+            let x = (Self.levels(v, inv: inv, z: z, hi: hi) - z) * s
+            for j in 0..<(count - i) { p[i + j] = x[j] }
+        }
+    }
+
+    /// The integer levels `clamp(round_half_even(x·inv) + z, 0, hi)` as floats, 16 lanes.
+    /// (Compare-and-replace rather than `pointwiseMin` with a run-time bound, which Swift
+    /// compiles to a scalar loop.)
+    @inline(__always)
+    static func levels(_ x: SIMD16<Float>, inv: Float, z: Float, hi: Float) -> SIMD16<Float> {
+        let zero = SIMD16<Float>(repeating: 0), top = SIMD16<Float>(repeating: hi)
+        var q = (x * inv).rounded(.toNearestOrEven) + z
+        q.replace(with: zero, where: q .< zero)
+        q.replace(with: top, where: q .> top)
+        return q
+    }
+
+    /// Plain scalar reference of `quantize` for one finite value (the definition in the type's documentation).
+    public func referenceLevel(_ x: Float) -> UInt8 {
+        UInt8(min(max((x * (1 / scale)).rounded(.toNearestOrEven) + Float(zeroPoint), 0), Float(qmax)))
     }
 }
 

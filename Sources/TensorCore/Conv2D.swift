@@ -65,7 +65,7 @@ public final class FloatConv2D: @unchecked Sendable {
                      "conv expects [N,H,W,\(geometry.inChannels)], got \(x.shape)")
         let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
         let plan = plans[key] ?? makePlan(key)
-        let y = Tensor(shape: [key.n, geometry.outHeight(key.h), geometry.outWidth(key.w), geometry.outChannels])
+        let y = Tensor(uninitialized: [key.n, geometry.outHeight(key.h), geometry.outWidth(key.w), geometry.outChannels])
         plan.prim.executeWeightLayer(src: plan.src, x.data, weights: plan.wei, dst: plan.dst, y.data, bias: plan.bias)
         return y
     }

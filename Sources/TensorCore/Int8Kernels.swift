@@ -141,7 +141,7 @@ public final class Int8Conv2D: @unchecked Sendable {
         let plan = plans[key] ?? makePlans(key)
         let (n, h, w) = (key.n, key.h, key.w)
         let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
-        let y = Tensor(shape: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
+        let y = Tensor(uninitialized: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
         for (part, pp) in zip(parts, plan) {
             let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
             let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
@@ -250,7 +250,7 @@ public final class Int8Linear: @unchecked Sendable {
                 if part.duplicated { (dst + k).update(from: dst, count: k) }
             }
         }
-        let y = Tensor(shape: Array(x.shape.dropLast()) + [outFeatures])
+        let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
         plan.src.setHandle(UnsafeMutableRawPointer(buf))
         plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
         plan.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),

@@ -30,7 +30,7 @@ public final class FloatLinear: @unchecked Sendable {
         precondition(x.shape.last == inFeatures, "linear expects last dim \(inFeatures), got \(x.shape)")
         let m = x.count / inFeatures
         let plan = plans[m] ?? makePlan(m)
-        let y = Tensor(shape: Array(x.shape.dropLast()) + [outFeatures])
+        let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
         plan.prim.executeWeightLayer(src: plan.src, x.data, weights: plan.wei, dst: plan.dst, y.data, bias: plan.bias)
         return y
     }

@@ -34,7 +34,7 @@ public enum Ops {
         precondition(c % groups == 0, "GroupNorm: \(c) channels not divisible by \(groups) groups")
         precondition(gamma.count == c && beta.count == c, "GroupNorm affine size")
         if let p = preAdd { precondition(p.shape == [n, c], "GroupNorm preAdd must be [\(n), \(c)], got \(p.shape)") }
-        let y = Tensor(shape: x.shape)
+        let y = Tensor(uninitialized: x.shape)
         let cg = c / groups
         Parallel.forEachChunk(n) { range in
             // Per-channel partial sums in Float over 64-pixel blocks, folded into Double.
@@ -152,7 +152,7 @@ public enum Ops {
     /// Nearest-neighbour ×2 upsampling: `[N, H, W, C] → [N, 2H, 2W, C]`.
     public static func upsampleNearest2x(_ x: Tensor) -> Tensor {
         let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let y = Tensor(shape: [n, 2 * h, 2 * w, c])
+        let y = Tensor(uninitialized: [n, 2 * h, 2 * w, c])
         Parallel.forEachChunk(n * h, minChunk: 8) { range in
             for row in range {
                 let b = row / h, iy = row % h
@@ -174,13 +174,18 @@ public enum Ops {
     public static func avgPool2x(_ x: Tensor) -> Tensor {
         let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let oh = h / 2, ow = w / 2
-        let y = Tensor(shape: [n, oh, ow, c])
-        for b in 0..<n { for oy in 0..<oh { for ox in 0..<ow {
-            let d = y.data + ((b * oh + oy) * ow + ox) * c
-            let s0 = x.data + ((b * h + 2 * oy) * w + 2 * ox) * c
-            let s1 = s0 + w * c
-            for i in 0..<c { d[i] = (s0[i] + s0[c + i] + s1[i] + s1[c + i]) * 0.25 }
-        } } }
+        let y = Tensor(uninitialized: [n, oh, ow, c])
+        Parallel.forEachChunk(n * oh, minChunk: 8) { rows in
+            for row in rows {
+                let b = row / oh, oy = row % oh
+                for ox in 0..<ow {
+                    let d = y.data + ((b * oh + oy) * ow + ox) * c
+                    let s0 = x.data + ((b * h + 2 * oy) * w + 2 * ox) * c
+                    let s1 = s0 + w * c
+                    for i in 0..<c { d[i] = (s0[i] + s0[c + i] + s1[i] + s1[c + i]) * 0.25 }
+                }
+            }
+        }
         return y
     }
 
@@ -188,11 +193,13 @@ public enum Ops {
     public static func concatChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
         precondition(Array(a.shape.dropLast()) == Array(b.shape.dropLast()), "concat: \(a.shape) vs \(b.shape)")
         let c1 = a.shape.last!, c2 = b.shape.last!
-        let pixels = a.count / c1
-        let y = Tensor(shape: Array(a.shape.dropLast()) + [c1 + c2])
-        for p in 0..<pixels {
-            (y.data + p * (c1 + c2)).update(from: a.data + p * c1, count: c1)
-            (y.data + p * (c1 + c2) + c1).update(from: b.data + p * c2, count: c2)
+        let pixels = a.count / max(c1, 1)
+        let y = Tensor(uninitialized: Array(a.shape.dropLast()) + [c1 + c2])
+        Parallel.forEachChunk(pixels, minChunk: 256) { range in
+            for p in range {
+                (y.data + p * (c1 + c2)).update(from: a.data + p * c1, count: c1)
+                (y.data + p * (c1 + c2) + c1).update(from: b.data + p * c2, count: c2)
+            }
         }
         return y
     }
@@ -201,10 +208,13 @@ public enum Ops {
     public static func splitChannels(_ x: Tensor, at c1: Int) -> (Tensor, Tensor) {
         let c = x.shape.last!
         let pixels = x.count / c
-        let a = Tensor(shape: Array(x.shape.dropLast()) + [c1]), b = Tensor(shape: Array(x.shape.dropLast()) + [c - c1])
-        for p in 0..<pixels {
-            (a.data + p * c1).update(from: x.data + p * c, count: c1)
-            (b.data + p * (c - c1)).update(from: x.data + p * c + c1, count: c - c1)
+        let a = Tensor(uninitialized: Array(x.shape.dropLast()) + [c1])
+        let b = Tensor(uninitialized: Array(x.shape.dropLast()) + [c - c1])
+        Parallel.forEachChunk(pixels, minChunk: 256) { range in
+            for p in range {
+                (a.data + p * c1).update(from: x.data + p * c, count: c1)
+                (b.data + p * (c - c1)).update(from: x.data + p * c + c1, count: c - c1)
+            }
         }
         return (a, b)
     }
@@ -212,21 +222,61 @@ public enum Ops {
     /// `a += b · scale` elementwise (same shapes).
     public static func addInPlace(_ a: Tensor, _ b: Tensor, scale: Float = 1) {
         precondition(a.shape == b.shape, "add: \(a.shape) vs \(b.shape)")
-        for i in 0..<a.count { a.data[i] += b.data[i] * scale }
+        zip16(a.data, b.data, into: a.data, count: a.count) { x, y in x + y * scale }
     }
 
     /// `x *= s` elementwise.
     public static func scaleInPlace(_ x: Tensor, _ s: Float) {
-        for i in 0..<x.count { x.data[i] *= s }
+        zip16(x.data, x.data, into: x.data, count: x.count) { v, _ in v * s }
     }
 
     /// `(a + b) / divisor` into a new tensor (the ResNet/attention residual).
     public static func residual(_ a: Tensor, _ b: Tensor, divisor: Float) -> Tensor {
         precondition(a.shape == b.shape, "residual: \(a.shape) vs \(b.shape)")
-        let y = Tensor(shape: a.shape)
-        if divisor == 1 { for i in 0..<a.count { y.data[i] = a.data[i] + b.data[i] } }
-        else { for i in 0..<a.count { y.data[i] = (a.data[i] + b.data[i]) / divisor } }
+        let y = Tensor(uninitialized: a.shape)
+        if divisor == 1 { zip16(a.data, b.data, into: y.data, count: a.count) { u, v in u + v } }
+        else { zip16(a.data, b.data, into: y.data, count: a.count) { u, v in (u + v) / divisor } }
         return y
+    }
+
+    /// The ResNet "scale_shift" time conditioning, in place, then optionally SiLU:
+    /// `x[n, p, c] = x·(1 + t[n, c]) + t[n, C + c]`.
+    /// - x: `[N, H, W, C]`; t: `[N, 2C]` (scale half first, then shift).
+    public static func scaleShiftInPlace(_ x: Tensor, _ t: Tensor, silu: Bool) {
+        let n = x.shape[0], c = x.shape.last!, hw = x.count / (n * c)
+        precondition(t.shape == [n, 2 * c], "scale-shift expects t of [\(n), \(2 * c)], got \(t.shape)")
+        Parallel.forEachChunk(n) { range in
+            let scale = UnsafeMutablePointer<Float>.allocate(capacity: 2 * c)
+            defer { scale.deallocate() }
+            let shift = scale + c
+            for b in range {
+                for i in 0..<c { scale[i] = 1 + t.data[b * 2 * c + i]; shift[i] = t.data[b * 2 * c + c + i] }
+                let base = x.data + b * hw * c
+                applyAffine(base, base, pixels: hw, channels: c, scale: scale, shift: shift, silu: silu)
+            }
+        }
+    }
+
+    /// `dst[i] = body(a[i], b[i])` over `count` floats, 16 lanes at a time, split across threads.
+    /// `dst` may alias `a` or `b` (each lane reads before it writes).
+    @inline(__always)
+    static func zip16(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>,
+                      count: Int, _ body: (SIMD16<Float>, SIMD16<Float>) -> SIMD16<Float>) {
+        let blocks = (count + 15) / 16
+        Parallel.forEachChunk(blocks, minChunk: 2048) { r in
+            var i = r.lowerBound * 16
+            let end = min(r.upperBound * 16, count)
+            while i + 16 <= end {
+                let u = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
+                let v = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: body(u, v), as: SIMD16<Float>.self)
+                i += 16
+            }
+            while i < end {
+                dst[i] = body(SIMD16(repeating: a[i]), SIMD16(repeating: b[i]))[0]
+                i += 1
+            }
+        }
     }
 
     /// Sinusoidal timestep embedding, diffusers `get_timestep_embedding` in float32:

@@ -18,13 +18,20 @@ public final class Tensor: @unchecked Sendable {
     public let data: UnsafeMutablePointer<Float>
 
     /// A zero-filled tensor of the given shape.
-    public init(shape: [Int]) {
+    public convenience init(shape: [Int]) {
+        self.init(uninitialized: shape)
+        data.update(repeating: 0, count: max(count, 1))
+    }
+
+    /// A tensor whose elements are unspecified: for outputs a kernel overwrites completely
+    /// (saves a write pass over memory that is about to be written anyway).
+    public init(uninitialized shape: [Int]) {
         precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in \(shape)")
         self.shape = shape
         self.count = shape.reduce(1, *)
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * 4, alignment: 64)
+        // Float is a trivial type: binding is all the initialization it needs.
         self.data = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        data.initialize(repeating: 0, count: max(count, 1))
     }
 
     /// A tensor holding `values` (row-major in `shape`).
@@ -50,7 +57,7 @@ public final class Tensor: @unchecked Sendable {
 
     /// A deep copy.
     public func copy() -> Tensor {
-        let t = Tensor(shape: shape)
+        let t = Tensor(uninitialized: shape)
         t.data.update(from: data, count: count)
         return t
     }
@@ -58,7 +65,7 @@ public final class Tensor: @unchecked Sendable {
     /// The same elements under another shape with the same element count (copies).
     public func reshaped(_ newShape: [Int]) -> Tensor {
         precondition(newShape.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
-        let t = Tensor(shape: newShape)
+        let t = Tensor(uninitialized: newShape)
         t.data.update(from: data, count: count)
         return t
     }
@@ -67,7 +74,7 @@ public final class Tensor: @unchecked Sendable {
     public func slice(batch range: Range<Int>) -> Tensor {
         precondition(range.lowerBound >= 0 && range.upperBound <= shape[0])
         let inner = shape.dropFirst().reduce(1, *)
-        let t = Tensor(shape: [range.count] + shape.dropFirst())
+        let t = Tensor(uninitialized: [range.count] + shape.dropFirst())
         t.data.update(from: data + range.lowerBound * inner, count: range.count * inner)
         return t
     }
@@ -75,7 +82,7 @@ public final class Tensor: @unchecked Sendable {
     /// The rows `indices` of the outermost dimension, in that order, as a new tensor (copies).
     public func gather(batch indices: [Int]) -> Tensor {
         let inner = shape.dropFirst().reduce(1, *)
-        let t = Tensor(shape: [indices.count] + shape.dropFirst())
+        let t = Tensor(uninitialized: [indices.count] + shape.dropFirst())
         for (j, i) in indices.enumerated() {
             precondition(i >= 0 && i < shape[0], "gather: index \(i) out of 0..<\(shape[0])")
             (t.data + j * inner).update(from: data + i * inner, count: inner)
@@ -88,7 +95,7 @@ public final class Tensor: @unchecked Sendable {
         precondition(!parts.isEmpty)
         let inner = Array(parts[0].shape.dropFirst())
         precondition(parts.allSatisfy { Array($0.shape.dropFirst()) == inner }, "inner shapes differ")
-        let t = Tensor(shape: [parts.reduce(0) { $0 + $1.shape[0] }] + inner)
+        let t = Tensor(uninitialized: [parts.reduce(0) { $0 + $1.shape[0] }] + inner)
         var offset = 0
         for p in parts {
             (t.data + offset).update(from: p.data, count: p.count)

@@ -73,6 +73,24 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// The vectorized quantizer (16 lanes + padded tail) against the scalar definition, for every bit
+    /// width, on values that straddle the clamp bounds and land exactly on .5 rounding ties.
+    func testVectorQuantizerMatchesScalarDefinition() {
+        for bits in [2, 4, 8] {
+            let q = ActivationQuantization(lo: -1.3, hi: 2.9, bits: bits)!
+            var values: [Float] = (0..<203).map { i in Float(i) * 0.037 - 3 }
+            values += (-8...300).map { k in (Float(k) + 0.5 - Float(q.zeroPoint)) * q.scale }  // ties
+            var ints = [UInt8](repeating: 0, count: values.count)
+            values.withUnsafeBufferPointer { src in ints.withUnsafeMutableBufferPointer { q.quantize(src.baseAddress!, $0.baseAddress!, count: values.count) } }
+            var fake = values
+            fake.withUnsafeMutableBufferPointer { q.fakeQuantize($0.baseAddress!, count: values.count) }
+            for (i, v) in values.enumerated() {
+                XCTAssertEqual(ints[i], q.referenceLevel(v), "bits \(bits) value \(v)")
+                XCTAssertEqual(fake[i], (Float(q.referenceLevel(v)) - Float(q.zeroPoint)) * q.scale, "bits \(bits) value \(v)")
+            }
+        }
+    }
+
     func testQuantizerGridAndZero() {
         let q = ActivationQuantization(lo: -0.3, hi: 5, bits: 8)!
         var zero: Float = 0

@@ -101,6 +101,65 @@ final class KernelTests: XCTestCase {
         XCTAssertEqual(Tensor.fromNCHW(nchw, n: 2, c: 3, h: 4, w: 5).toNCHW(), nchw)
     }
 
+    /// The vectorized, threaded elementwise ops against plain loops, on sizes with a 16-lane tail
+    /// and enough elements to be split across threads.
+    func testElementwiseOpsMatchPlainLoops() {
+        for count in [7, 16 * 2048 * 2 + 5] {
+            let a = random([count], seed: 21), b = random([count], seed: 22)
+            let r = Ops.residual(a, b, divisor: 1.4142135)
+            let added = a.copy(); Ops.addInPlace(added, b, scale: 0.5)
+            let scaled = a.copy(); Ops.scaleInPlace(scaled, -3)
+            for i in 0..<count {
+                XCTAssertEqual(r.data[i], (a.data[i] + b.data[i]) / 1.4142135)
+                XCTAssertEqual(added.data[i], a.data[i] + b.data[i] * 0.5)
+                XCTAssertEqual(scaled.data[i], a.data[i] * -3)
+            }
+        }
+        // Scale-shift time conditioning (+ SiLU) on [N, H, W, C] with C not a multiple of 16.
+        let (n, hw, c) = (3, 20, 24)
+        let x = random([n, 4, 5, c], seed: 23), t = random([n, 2 * c], seed: 24)
+        let y = x.copy(); Ops.scaleShiftInPlace(y, t, silu: true)
+        var expected = [Float](repeating: 0, count: x.count)
+        for bi in 0..<n { for p in 0..<hw { for i in 0..<c {
+            let k = (bi * hw + p) * c + i
+            expected[k] = x.data[k] * (1 + t.data[bi * 2 * c + i]) + t.data[bi * 2 * c + c + i]
+        } } }
+        let ref = Reference.silu(Tensor(shape: x.shape, values: expected))
+        XCTAssertLessThan(relativeError(y.array, ref.array), 1e-5)
+    }
+
+    func testAveragePoolAndConcatMatchPlainLoops() {
+        let x = random([2, 34, 18, 20], seed: 25)
+        let pooled = Ops.avgPool2x(x)
+        XCTAssertEqual(pooled.shape, [2, 17, 9, 20])
+        for b in 0..<2 { for oy in 0..<17 { for ox in 0..<9 { for c in 0..<20 {
+            func v(_ y: Int, _ xx: Int) -> Float { x.data[((b * 34 + y) * 18 + xx) * 20 + c] }
+            let e = (v(2 * oy, 2 * ox) + v(2 * oy, 2 * ox + 1) + v(2 * oy + 1, 2 * ox) + v(2 * oy + 1, 2 * ox + 1)) * 0.25
+            XCTAssertEqual(pooled.data[((b * 17 + oy) * 9 + ox) * 20 + c], e, accuracy: 1e-6)
+        } } } }
+        let a = random([4, 16, 16, 3], seed: 26), b = random([4, 16, 16, 5], seed: 27)
+        let cat = Ops.concatChannels(a, b)
+        for p in 0..<(4 * 256) {
+            XCTAssertEqual(Array(cat.buffer[(p * 8)..<(p * 8 + 3)]), Array(a.buffer[(p * 3)..<(p * 3 + 3)]))
+            XCTAssertEqual(Array(cat.buffer[(p * 8 + 3)..<(p * 8 + 8)]), Array(b.buffer[(p * 5)..<(p * 5 + 5)]))
+        }
+    }
+
+    /// The OpenMP fork-join covers every index exactly once, for any count/minChunk, nested or not.
+    func testParallelChunksCoverEveryIndexOnce() {
+        for (count, minChunk) in [(0, 1), (1, 1), (5, 1), (1000, 7), (1001, 1000), (100_003, 64)] {
+            let hits = UnsafeMutablePointer<Int32>.allocate(capacity: max(count, 1))
+            hits.initialize(repeating: 0, count: max(count, 1))
+            defer { hits.deallocate() }
+            Parallel.forEachChunk(count, minChunk: minChunk) { r in
+                for i in r { hits[i] += 1 }
+                // A nested loop inside a team member must still run (serially) and cover its range.
+                Parallel.forEachChunk(3) { inner in XCTAssertFalse(inner.isEmpty) }
+            }
+            for i in 0..<count { XCTAssertEqual(hits[i], 1, "index \(i) of \(count)") }
+        }
+    }
+
     func testTimestepEmbeddingMatchesDefinition() {
         let e = Ops.timestepEmbedding([0, 1, 999], dim: 8, flipSinToCos: true, downscaleFreqShift: 1)
         // half = 4, freq_i = exp(-ln(1e4)·i/3): [cos, sin]
