@@ -145,6 +145,24 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// Large buffers are reused by exact size; the cache respects its byte limit.
+    func testTensorStorageReuse() {
+        TensorStorage.purge()
+        var a: Tensor? = Tensor(uninitialized: [1, 512, 512])
+        let first = a!.data
+        a = nil
+        let b = Tensor(shape: [512, 512])
+        XCTAssertEqual(b.data, first, "a freed 1 MiB buffer is reused for the same size")
+        XCTAssertEqual(b.data[12345], 0, "Tensor(shape:) still zero-fills reused storage")
+        let saved = TensorStorage.limitBytes
+        TensorStorage.limitBytes = 0
+        var c: Tensor? = Tensor(uninitialized: [300_000])
+        c = nil
+        XCTAssertNil(c)
+        TensorStorage.limitBytes = saved
+        TensorStorage.purge()
+    }
+
     /// The OpenMP fork-join covers every index exactly once, for any count/minChunk, nested or not.
     func testParallelChunksCoverEveryIndexOnce() {
         for (count, minChunk) in [(0, 1), (1, 1), (5, 1), (1000, 7), (1001, 1000), (100_003, 64)] {
