@@ -75,6 +75,12 @@ struct Evaluate: ParsableCommand {
         if let q, q.unet.config != fp.unet.config {
             throw ValidationError("--quantized \(q.path) was made from a model with a different config than \(fp.path); pass the source model with --model")
         }
+        if let q, let made = q.quantized?.info.sourceWeightsDigest, !quant.force {
+            let fpDigest = try SafeTensorsFile(path: fp.weightsFile).contentDigest()
+            if made != fpDigest {
+                throw ValidationError("--quantized \(q.path) was quantized from different weights than \(fp.weightsFile) (\(made) vs \(fpDigest)); pass the source model with --model, re-quantize, or --force")
+            }
+        }
         if let q, q.scheduler != fp.scheduler {
             throw ValidationError("--quantized \(q.path) carries a different scheduler config than \(fp.path); pass its source model with --model")
         }

@@ -45,7 +45,7 @@ struct Inspect: ParsableCommand {
     func printQuantized() throws {
         let q = try QuantizedModel(path: path)
         let info = q.info
-        print("quantized model: \(path) (format \(info.format) v\(info.version)), source \(info.sourceModel)")
+        print("quantized model: \(path) (format \(info.format) v\(info.version)), source \(info.sourceModel)\(info.sourceWeightsDigest.map { " (weights \($0))" } ?? "")")
         let c = info.calibration.options
         print("calibration: \(c.trajectories) FP trajectories, \(c.samples) records, \(c.settings.kind.rawValue) \(c.settings.steps) steps eta \(c.settings.eta) guidance \(c.settings.guidance), seed \(c.seed), group size \(c.groupSize)")
         let fileBytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0

@@ -5,6 +5,7 @@ import Correction
 import Diffusion
 import Foundation
 import Quantization
+import SafeTensors
 import TensorCore
 
 struct Quantize: ParsableCommand {
@@ -228,8 +229,10 @@ struct Quantize: ParsableCommand {
             QuantizedVariantInfo(name: recipe.policy.scheme.description, recipe: recipe, layers: records.map(QuantizedLayerInfo.init),
                                  seconds: secs)
         }
-        return QuantizedModelInfo(unetConfig: unetText, schedulerConfig: schedText, sourceModel: source.directory, variants: infos,
-                                  calibration: CalibrationInfo(options: options, trajectorySeconds: trajectorySeconds))
+        var info = QuantizedModelInfo(unetConfig: unetText, schedulerConfig: schedText, sourceModel: source.directory, variants: infos,
+                                      calibration: CalibrationInfo(options: options, trajectorySeconds: trajectorySeconds))
+        info.sourceWeightsDigest = try SafeTensorsFile(path: source.weightsPath).contentDigest()
+        return info
     }
 
     func printSummary(source: DiffusionModel, info: QuantizedModelInfo, records: [[QuantizedLayer]], seconds: Double) throws {

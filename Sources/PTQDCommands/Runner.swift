@@ -18,7 +18,7 @@ struct QuantizedOptions: ParsableArguments {
     @Option(name: .customLong("correct-method"), help: "override the stored correction: ptqd or d2") var correctMethod: CorrectionMethod?
     @Option(help: "correction components to apply: comma list of cnc, bias, vsc (default: the file's)") var components: String?
     @Option(help: "variance-schedule calibration: code (as the released PTQD code) or exact") var vsc: VSCMode?
-    @Flag(help: "use the correction even when the sampler settings differ from those it was measured for (warns)") var force = false
+    @Flag(help: "use the correction even when the sampler settings differ from those it was measured for, and compare against --model even if the file was quantized from other weights (warns)") var force = false
 
     func validate() throws {
         if simulate && quantized == nil { throw ValidationError("--simulate needs --quantized FILE") }

@@ -69,6 +69,9 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
     public var unetConfig: String
     public var schedulerConfig: String?
     public var sourceModel: String
+    /// Content digest of the source weights file (`SafeTensorsFile.contentDigest()`); nil in files
+    /// written before it existed. Lets a paired FP-vs-quantized run check it has the right FP model.
+    public var sourceWeightsDigest: String?
     public var variants: [QuantizedVariantInfo]
     public var calibration: CalibrationInfo
     /// Extra JSON documents by name (e.g. "correction", "mixed").

@@ -36,6 +36,11 @@ public final class SafeTensorsFile: @unchecked Sendable {
     private let base: UnsafeMutableRawPointer
     private let sortedNames: [String]
 
+    /// Lends the whole mapped file (`fileSize` bytes) for the duration of `body`.
+    public func withMappedBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try body(UnsafeRawBufferPointer(start: base, count: fileSize))
+    }
+
     /// Opens, maps and validates the file at `path`.
     ///
     /// - Throws: ``SafeTensorsError`` — `.cannotOpen` / `.cannotRead` for OS failures (with the OS

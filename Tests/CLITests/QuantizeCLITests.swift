@@ -105,6 +105,28 @@ final class QuantizeCLITests: XCTestCase {
         }
     }
 
+    /// A quantized file records the digest of the weights it came from; a paired evaluation against
+    /// other weights (e.g. a retrained bundled model) is refused with one line unless --force.
+    func testEvaluateRefusesAQuantizedFileFromOtherWeights() throws {
+        let q = tmpPath("d.safetensors")
+        XCTAssertEqual(try run(quantizeArgs("cond_attn_28", scheme: "w8a8", out: q)).code, 0)
+        let source = fixture("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
+        let meta = try SafeTensorsFile(path: q).metadata["ptqd"] ?? ""
+        XCTAssertTrue(meta.contains(try SafeTensorsFile(path: source).contentDigest()), "digest of the source weights not recorded")
+        // A copy of the model with one weight's low byte changed.
+        let copy = tmp.appendingPathComponent("other")
+        try FileManager.default.copyItem(atPath: fixture("cond_attn_28"), toPath: copy.path)
+        let weights = copy.appendingPathComponent("unet/diffusion_pytorch_model.safetensors")
+        var bytes = try Data(contentsOf: weights)
+        bytes[bytes.count - 4] ^= 0x01
+        try bytes.write(to: weights)
+        let r = try run(["evaluate", "--model", copy.path, "--quantized", q, "--n", "10", "--out", tmpPath("eval"), "--quiet"])
+        XCTAssertNotEqual(r.code, 0)
+        XCTAssertTrue(r.err.contains("quantized from different weights"), r.err)
+        XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, r.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("eval/report.json")))
+    }
+
     func testQuantizeUnconditionalWeightOnlyAndRules() throws {
         let q = tmpPath("u.safetensors")
         var args = quantizeArgs("uncond_plain_16", scheme: "w4a32", out: q)

@@ -9,6 +9,29 @@ final class RoundTripTests: XCTestCase {
     override func setUpWithError() throws { dir = try TempDir() }
     override func tearDown() { dir.remove() }
 
+    /// The content digest is stable, and changes with any bit, a trailing zero byte or the metadata.
+    func testContentDigestSeesEveryByte() throws {
+        func digest(_ bytes: [UInt8]) -> String { bytes.withUnsafeBytes { SafeTensorsDigest.mix64($0) } }
+        let base: [UInt8] = (0..<29).map { UInt8($0 * 7 % 256) }
+        XCTAssertEqual(digest(base), digest(base))
+        XCTAssertTrue(digest(base).hasPrefix("mix64:") && digest(base).count == 6 + 16)
+        var seen: Set<String> = [digest(base), digest(base + [0]), digest([])]
+        for i in base.indices { for bit in [0, 7] {  // bit 7 of the word's top byte is the hard case
+            var b = base; b[i] ^= UInt8(1 << bit)
+            seen.insert(digest(b))
+        } }
+        XCTAssertEqual(seen.count, 3 + base.count * 2, "a flipped bit or appended zero left the digest unchanged")
+        var w = SafeTensorsWriter(metadata: ["a": "1"])
+        try w.add("x", floats: [1, 2, 3], shape: [3])
+        try w.write(to: dir.path("a.safetensors"))
+        var w2 = SafeTensorsWriter(metadata: ["a": "2"])
+        try w2.add("x", floats: [1, 2, 3], shape: [3])
+        try w2.write(to: dir.path("b.safetensors"))
+        let a = try SafeTensorsFile(path: dir.path("a.safetensors")), b = try SafeTensorsFile(path: dir.path("b.safetensors"))
+        XCTAssertEqual(a.contentDigest(), a.withMappedBytes { SafeTensorsDigest.mix64($0) })
+        XCTAssertNotEqual(a.contentDigest(), b.contentDigest())
+    }
+
     func testEveryDTypeRoundTrips() throws {
         var w = SafeTensorsWriter(metadata: ["format": "pt", "note": "quote \" backslash \\ newline \n ünïcødé"])
         let f32: [Float] = [1.5, -2.25, .pi, -0.0, .greatestFiniteMagnitude, .leastNonzeroMagnitude]
