@@ -27,26 +27,11 @@ enum FeatureNetworkOps {
 
     /// 2×2 max pooling, stride 2 (PyTorch `max_pool2d(2)`, floor): `[N, H, W, C] → [N, H/2, W/2, C]`.
     static func maxPool2x(_ x: Tensor) -> Tensor {
-        let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let oh = h / 2, ow = w / 2
-        let y = Tensor(shape: [n, oh, ow, c])
-        Parallel.forEachChunk(n * oh, minChunk: 64) { rows in
-            for row in rows {
-                let b = row / oh, oy = row % oh
-                for ox in 0..<ow {
-                    let d = y.data + ((b * oh + oy) * ow + ox) * c
-                    let s0 = x.data + ((b * h + 2 * oy) * w + 2 * ox) * c
-                    let s1 = s0 + w * c
-                    for i in 0..<c {
-                        // NaN-propagating like PyTorch: a NaN anywhere in the window wins.
-                        let a = s0[i], bb = s0[c + i], cc = s1[i], dd = s1[c + i]
-                        if a.isNaN || bb.isNaN || cc.isNaN || dd.isNaN { d[i] = .nan; continue }
-                        d[i] = Swift.max(Swift.max(a, bb), Swift.max(cc, dd))
-                    }
-                }
-            }
+        Ops.pool2x(x) { a, b, c, d in
+            // NaN-propagating like PyTorch: a NaN anywhere in the window wins.
+            if a.isNaN || b.isNaN || c.isNaN || d.isNaN { return .nan }
+            return Swift.max(Swift.max(a, b), Swift.max(c, d))
         }
-        return y
     }
 
     /// PyTorch's `flatten(1)` of the NCHW equivalent: `[N, H, W, C] → [N, C·H·W]`, element

@@ -172,6 +172,13 @@ public enum Ops {
     /// 2×2 average pooling, stride 2 (PyTorch `avg_pool2d(kernel_size: 2, stride: 2)`, floor):
     /// `[N, H, W, C] → [N, H/2, W/2, C]`.
     public static func avgPool2x(_ x: Tensor) -> Tensor {
+        pool2x(x) { a, b, c, d in (a + b + c + d) * 0.25 }
+    }
+
+    /// 2×2 pooling with stride 2 (floor) by `window(top-left, top-right, bottom-left, bottom-right)`:
+    /// `[N, H, W, C] → [N, H/2, W/2, C]`, rows split across threads.
+    @inlinable
+    public static func pool2x(_ x: Tensor, _ window: (Float, Float, Float, Float) -> Float) -> Tensor {
         let (n, h, w, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
         let oh = h / 2, ow = w / 2
         let y = Tensor(uninitialized: [n, oh, ow, c])
@@ -182,7 +189,7 @@ public enum Ops {
                     let d = y.data + ((b * oh + oy) * ow + ox) * c
                     let s0 = x.data + ((b * h + 2 * oy) * w + 2 * ox) * c
                     let s1 = s0 + w * c
-                    for i in 0..<c { d[i] = (s0[i] + s0[c + i] + s1[i] + s1[c + i]) * 0.25 }
+                    for i in 0..<c { d[i] = window(s0[i], s0[c + i], s1[i], s1[c + i]) }
                 }
             }
         }
