@@ -142,7 +142,7 @@ struct Evaluate: ParsableCommand {
         for fraction in [8, 4, 2] where perClass / fraction >= 2 {
             let k = perClass / fraction
             let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + k) }
-            let f = try network.evaluate(samples.images.gather(batch: idx))
+            let f = try network.evaluate(DistributionMetrics.dataRange(samples.images.gather(batch: idx)))
             fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: f.features))))
         }
         fidCurve.append((n, dist.fid))

@@ -205,4 +205,13 @@ final class MetricsTests: XCTestCase {
             guard case .nonFinite(_, 5)? = error as? EvaluationError else { return XCTFail("\(error)") }
         }
     }
+    /// Distribution metrics see model outputs clamped to the data range, exactly as the pixel images.
+    func testDistributionMetricsClampModelOutputsToDataRange() {
+        let x = Tensor(shape: [1, 2, 2, 1], values: [-7, -1, 0.25, 3.5])
+        let y = DistributionMetrics.dataRange(x)
+        XCTAssertEqual(y.array, [-1, -1, 0.25, 1])
+        XCTAssertEqual(x.array, [-7, -1, 0.25, 3.5], "the input is not modified")
+        let nan = DistributionMetrics.dataRange(Tensor(shape: [1], values: [.nan]))
+        XCTAssertTrue(nan.array[0].isNaN, "NaN is left for validation to reject")
+    }
 }
