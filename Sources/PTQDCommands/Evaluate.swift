@@ -135,15 +135,16 @@ struct Evaluate: ParsableCommand {
     /// Distribution metrics (and FID vs n plot), paired metrics and cost for one model's samples.
     func report(_ r: Runner, samples: (images: Tensor, seconds: Double), settings: SamplerSettings, labels: [Int], classes: Int,
                 network: FeatureNetwork, reference: ReferenceStatistics, test: FashionMNIST, paired: PairedMetrics?) throws -> EvaluationReport {
-        let dist = try DistributionMetrics.evaluate(images: samples.images, network: network, reference: reference, labels: labels)
+        // One pass of the feature network over the clamped images; the FID-vs-n prefixes reuse its features.
+        let seen = try network.evaluate(DistributionMetrics.dataRange(samples.images))
+        let dist = try DistributionMetrics.evaluate(features: seen.features, logits: seen.logits, reference: reference, labels: labels)
         // FID against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).
         let perClass = n / classes
         var fidCurve: [(Int, Double)] = []
         for fraction in [8, 4, 2] where perClass / fraction >= 2 {
             let k = perClass / fraction
             let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + k) }
-            let f = try network.evaluate(DistributionMetrics.dataRange(samples.images.gather(batch: idx)))
-            fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: f.features))))
+            fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: seen.features.gather(batch: idx)))))
         }
         fidCurve.append((n, dist.fid))
         let costs = try r.costs()

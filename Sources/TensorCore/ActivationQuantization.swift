@@ -62,18 +62,7 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
     @inline(__always)
     public func fakeQuantize(_ p: UnsafeMutablePointer<Float>, count: Int) {
         let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax), s = scale
-        var i = 0
-        while i + 16 <= count {
-            let q = Self.levels(UnsafeRawPointer(p + i).loadUnaligned(as: SIMD16<Float>.self), inv: inv, z: z, hi: hi)
-            UnsafeMutableRawPointer(p + i).storeBytes(of: (q - z) * s, as: SIMD16<Float>.self)
-            i += 16
-        }
-        if i < count {
-            var v = SIMD16<Float>(repeating: 0)
-            for j in 0..<(count - i) { v[j] = p[i + j] }
-            let x = (Self.levels(v, inv: inv, z: z, hi: hi) - z) * s
-            for j in 0..<(count - i) { p[i + j] = x[j] }
-        }
+        map16(p, count) { (Self.levels($0, inv: inv, z: z, hi: hi) - z) * s }  // tail padded: same rounding
     }
 
     /// The integer levels `clamp(round_half_even(x·inv) + z, 0, hi)` as floats, 16 lanes.
