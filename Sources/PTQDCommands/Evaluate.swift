@@ -38,6 +38,9 @@ struct Evaluate: ParsableCommand {
         Setting A = DDIM 20 steps, eta 0, guidance 3.0; B = DDIM 100 steps, eta 1, guidance 1.5. --steps/--eta/--guidance
         override them. Seeds and labels depend only on --seed and --n, so two models evaluated with the same flags see
         identical noise and labels. Writes report.json, report.md, grid.png (one row per class) and fid-vs-n.png to --out.
+        Samples are checkpointed in --out as they are made: an interrupted run, or one stopped by --time-budget
+        (exit code 75), continues where it stopped when the same command is run again, and a finished run's samples
+        are reused.
         """)
 
     @OptionGroup var model: ModelOptions
@@ -56,6 +59,8 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Fashion-MNIST folder (IDX .gz files)") var dataset: String = FashionMNIST.defaultDirectory
     @Option(help: "cache file for the test set's reference statistics") var referenceCache: String?
     @Option(name: .customLong("fp-cache"), help: "cache file for the fp32 samples (default: OUT/fp32-samples.safetensors)") var fpCache: String?
+    @Option(name: .customLong("time-budget"), help: ArgumentHelp("sample for at most this long, then save a checkpoint in --out and exit with code 75; the same command resumes", valueName: "minutes"))
+    var timeBudget: Double?
     @Flag(help: "no progress on stderr") var quiet = false
 
     func validate() throws {
@@ -64,6 +69,7 @@ struct Evaluate: ParsableCommand {
         if let s = steps, s < 1 { throw ValidationError("--steps must be >= 1, got \(s)") }
         if let e = eta, !(e.isFinite && e >= 0) { throw ValidationError("--eta must be a finite number >= 0") }
         if let g = guidance, !g.isFinite { throw ValidationError("--guidance must be finite") }
+        if let b = timeBudget, !(b.isFinite && b >= 0) { throw ValidationError("--time-budget must be a number of minutes >= 0") }
     }
 
     var samplerSettings: SamplerSettings { setting.settings(steps: steps, eta: eta, guidance: guidance, nullClass: nullClass) }
@@ -102,13 +108,15 @@ struct Evaluate: ParsableCommand {
         let reference = try ReferenceStatistics.load(dataset: test, network: network, cachePath: cache)
         let base = URL(fileURLWithPath: out)
 
-        let fpSamples = try cachedFPSamples(fp, settings: settings, labels: labels)
+        let fpSamples = try generate(fp, settings: settings, labels: labels,
+                                     checkpoint: checkpoint(fp, settings: settings, path: fpCache ?? base.appendingPathComponent("fp32-samples.safetensors").path))
         let fpReport = try report(fp, samples: fpSamples, settings: settings, labels: labels, classes: classes, network: network,
                                   reference: reference, test: test, paired: nil)
         var main = fpReport
         var qSamples: (images: Tensor, seconds: Double)? = nil
         if let q {
-            let qs = try generate(q, settings: settings, labels: labels)
+            let qs = try generate(q, settings: settings, labels: labels,
+                                  checkpoint: checkpoint(q, settings: settings, path: base.appendingPathComponent("quantized-samples.safetensors").path))
             qSamples = qs
             let paired = try PairedMetrics.evaluate(reference: fpSamples.images, test: qs.images)
             main = try report(q, samples: qs, settings: settings, labels: labels, classes: classes, network: network,
@@ -181,33 +189,44 @@ struct Evaluate: ParsableCommand {
         return report
     }
 
-    /// FP samples for (model, settings, n, seed), reused from `--out`/fp32-samples.safetensors when they match.
-    func cachedFPSamples(_ fp: Runner, settings: SamplerSettings, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
-        let path = fpCache ?? URL(fileURLWithPath: out).appendingPathComponent("fp32-samples.safetensors").path
-        let weights = fp.weightsFile
-        let attrs = try? FileManager.default.attributesOfItem(atPath: weights)
-        let key = "\(weights)|\(attrs?[.size] ?? 0)|\((attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0)|\(settings.jsonString)|n=\(n)|seed=\(seed)"
-        let cfg = fp.unet.config
-        if let f = try? SafeTensorsFile(path: path), f.metadata["key"] == key, let secs = Double(f.metadata["seconds"] ?? ""),
-           let v = try? f.floats("samples", expectedShape: [n, cfg.inChannels, cfg.sampleHeight, cfg.sampleWidth]) {
-            if !quiet { note("evaluate: reusing fp32 samples from \(path)") }
-            return (Tensor.fromNCHW(v, n: n, c: cfg.inChannels, h: cfg.sampleHeight, w: cfg.sampleWidth), secs)
+    /// The checkpoint of `r`'s samples under these flags: its key names the weights file (path, size, time),
+    /// the model variant and correction, the sampler settings, n, seed and batch size.
+    func checkpoint(_ r: Runner, settings: SamplerSettings, path: String) -> SampleCheckpoint {
+        let attrs = try? FileManager.default.attributesOfItem(atPath: r.weightsFile)
+        let modified = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
+        var key = "\(r.weightsFile)|\(attrs?[.size] ?? 0)|\(modified)|\(r.label)|\(settings.jsonString)|n=\(n)|seed=\(seed)|batch=\(batch)"
+        if r.quantized != nil {
+            let cs = r.correctionSettings
+            key += "|correction=\(cs.method.rawValue),\(cs.components.rawValue),\(cs.vscMode.rawValue)"
         }
-        let s = try generate(fp, settings: settings, labels: labels)
-        var w = SafeTensorsWriter(metadata: ["key": key, "seconds": "\(s.seconds)"])
-        try w.add("samples", floats: s.images.toNCHW(), shape: [n, cfg.inChannels, cfg.sampleHeight, cfg.sampleWidth])
-        try w.write(to: path)
-        return s
+        let cfg = r.unet.config
+        return SampleCheckpoint(path: path, key: key, imageShape: [cfg.inChannels, cfg.sampleHeight, cfg.sampleWidth])
     }
 
-    /// Samples all n images in batches with per-image noise streams.
-    func generate(_ r: Runner, settings: SamplerSettings, labels: [Int]) throws -> (images: Tensor, seconds: Double) {
+    /// Samples all n images in batches with per-image noise streams, continuing from `checkpoint` when it holds
+    /// a prefix of this run (and returning its samples when it holds all of them). Saves the checkpoint at most
+    /// every 30 s and at the end; stops with exit code 75 once `--time-budget` is spent.
+    func generate(_ r: Runner, settings: SamplerSettings, labels: [Int], checkpoint: SampleCheckpoint) throws -> (images: Tensor, seconds: Double) {
         let cfg = r.unet.config
+        var parts: [Tensor] = []
+        var first = 0, earlierSeconds = 0.0
+        if let saved = checkpoint.load() {
+            let count = saved.images.shape[0]
+            if count == n {
+                if !quiet { note("evaluate: reusing \(r.label) samples from \(checkpoint.path)") }
+                return saved
+            }
+            if count < n && count % batch == 0 {
+                parts = [saved.images]; first = count; earlierSeconds = saved.seconds
+                if !quiet { note("evaluate: resuming \(r.label) at image \(count)/\(n) from \(checkpoint.path)") }
+            }
+        }
         let sampler = try r.sampler(settings)
         let scheduler = sampler.scheduler
-        let progress = ProgressReporter(label: "evaluate: sampling \(r.label)", total: n * scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
-        var parts: [Tensor] = []
-        for start in stride(from: 0, to: n, by: batch) {
+        let progress = ProgressReporter(label: "evaluate: sampling \(r.label)", total: (n - first) * scheduler.timesteps.count,
+                                        unit: "img·steps", enabled: !quiet)
+        var lastSave = progress.elapsed
+        for start in stride(from: first, to: n, by: batch) {
             let range = start..<min(start + batch, n)
             let noise = BatchNoise(seed: seed, indices: range)
             let x = noise.next(shape: [range.count, cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels])
@@ -215,7 +234,18 @@ struct Evaluate: ParsableCommand {
                                        onStep: { _, _ in progress.advance(range.count) })
             guard y.isFinite else { throw ValidationError("sampling produced NaN/Inf at images \(range)") }
             parts.append(y)
+            let finished = range.upperBound == n
+            let outOfTime = timeBudget.map { progress.elapsed >= $0 * 60 } ?? false
+            if finished || outOfTime || progress.elapsed - lastSave >= 30 {
+                parts = [Tensor.concatenate(batch: parts)]
+                try checkpoint.save(parts[0], seconds: earlierSeconds + progress.elapsed)
+                lastSave = progress.elapsed
+            }
+            if outOfTime && !finished {
+                note("evaluate: --time-budget reached at image \(range.upperBound)/\(n) of \(r.label); samples saved to \(checkpoint.path); run the same command again to continue")
+                throw ExitCode(75)
+            }
         }
-        return (Tensor.concatenate(batch: parts), progress.elapsed)
+        return (Tensor.concatenate(batch: parts), earlierSeconds + progress.elapsed)
     }
 }

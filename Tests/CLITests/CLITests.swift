@@ -129,6 +129,40 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(bad.code, 0)
     }
 
+    /// `--time-budget 0` stops after the first batch with exit code 75 and a checkpoint (no report); the same
+    /// command then finishes from image 10, and its samples equal an uninterrupted run's bit for bit.
+    func testEvaluateTimeBudgetStopsAndTheSameCommandResumes() throws {
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"),
+                          "dataset-fashion-mnist not installed")
+        let stats = tmp.appendingPathComponent("reference-stats.safetensors").path
+        func evaluate(_ out: String, _ extra: [String] = []) throws -> (code: Int32, out: String, err: String) {
+            try run(["evaluate", "--n", "20", "--batch", "10", "--steps", "2", "--reference-cache", stats, "--out", out] + extra)
+        }
+        let resumed = tmp.appendingPathComponent("resumed").path, straight = tmp.appendingPathComponent("straight").path
+        let stopped = try evaluate(resumed, ["--time-budget", "0"])
+        XCTAssertEqual(stopped.code, 75, stopped.err)
+        XCTAssertTrue(stopped.err.contains("10/20") && stopped.err.contains("run the same command again"), stopped.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + "/report.json"), "a stopped run must not write a report")
+        let partial = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors")
+        XCTAssertEqual(try partial.info("samples").shape, [10, 1, 32, 32])
+
+        let finished = try evaluate(resumed)
+        XCTAssertEqual(finished.code, 0, finished.err)
+        XCTAssertTrue(finished.err.contains("resuming fp32 at image 10/20"), finished.err)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + "/report.json"))
+        let reference = try evaluate(straight, ["--quiet"])
+        XCTAssertEqual(reference.code, 0, reference.err)
+        let a = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors").floats("samples")
+        let b = try SafeTensorsFile(path: straight + "/fp32-samples.safetensors").floats("samples")
+        XCTAssertEqual(a.count, 20 * 32 * 32)
+        XCTAssertEqual(a, b, "resumed samples differ from an uninterrupted run")
+        // A finished run's samples are reused; another seed is a different run and starts over.
+        XCTAssertTrue(try evaluate(resumed).err.contains("reusing fp32 samples"))
+        let other = try evaluate(resumed, ["--seed", "1", "--time-budget", "0"])
+        XCTAssertEqual(other.code, 75)
+        XCTAssertFalse(other.err.contains("resuming"), other.err)
+        XCTAssertTrue(try run(["evaluate", "--time-budget", "-1", "--out", resumed]).err.contains("--time-budget"))
+    }
     func testInspectShowsConfigAndTensors() throws {
         let r = try run(["inspect", fixture])
         XCTAssertEqual(r.code, 0, r.err)
