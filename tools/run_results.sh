@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Reproduces docs/results.md and the quantized rows of docs/benchmarks.md on the bundled model.
-# Usage: tools/run_results.sh [N_A] [N_B] [STATS]   (defaults 200, 30, 64; the n = 5000 takes ~25x longer)
+# Usage: [OUT=DIR] tools/run_results.sh [N_A] [N_B] [STATS]   (defaults out/results, 200, 30, 64; n = 5000 takes ~25x longer)
+# Use a fresh OUT after retraining the model: quantized files in OUT are reused, and evaluate refuses files
+# quantized from other weights.
 # Steps run in priority order; every command is printed before it runs; outputs go to out/results/.
 set -euo pipefail
 PTQD=${PTQD:-.build/release/ptqd}
 NA=${1:-200}
 NB=${2:-30}
 STATS=${3:-64}
-OUT=out/results
+OUT=${OUT:-out/results}
 mkdir -p "$OUT"
 run() { echo "+ $*" >&2; "$@"; }
 REF=(--reference-cache "$OUT/reference-stats.safetensors")
