@@ -77,6 +77,9 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
     public var featureNetwork: String?
     /// Free-form remarks (e.g. "PSNR capped at 100 dB for identical images").
     public var notes: [String]
+    /// The distribution metrics on class-balanced prefixes of the samples (n/8, n/4, n/2, n), to show how
+    /// they move with n; nil when not computed.
+    public var metricsByN: [DistributionMetrics]?
 
     public init(model: String, setting: Setting, n: Int, seed: UInt64, metrics: Metrics = Metrics(), cost: Cost = Cost(),
                 reference: String? = nil, featureNetwork: String? = nil, notes: [String] = []) {
@@ -126,6 +129,13 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
         if let v = c.modelFileBytes { costRows += "| model file | \(fmt(Double(v) / 1_048_576, 2)) MiB |\n" }
         if !costRows.isEmpty { s += "\n| cost | value |\n|---|---|\n" + costRows }
         if let f = featureNetwork { s += "\nFeature network: \(f).\n" }
+        if let rows = metricsByN, rows.count >= 2 {
+            s += "\n| n | FID ↓ | IS ↑ | precision ↑ | recall ↑ | label agreement |\n|---|---|---|---|---|---|\n"
+            for r in rows {
+                s += "| \(r.count) | \(fmt(r.fid, 3)) | \(fmt(r.inceptionScoreMean, 3)) | \(fmt(r.precision, 4)) | \(fmt(r.recall, 4)) | "
+                s += (r.labelAccuracy.map { fmt(100 * $0, 1) + "%" } ?? "–") + " |\n"
+            }
+        }
         for note in notes { s += "\n- \(note)" }
         if !notes.isEmpty { s += "\n" }
         return s

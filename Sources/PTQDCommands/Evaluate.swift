@@ -146,15 +146,16 @@ struct Evaluate: ParsableCommand {
         // One pass of the feature network over the clamped images; the FID-vs-n prefixes reuse its features.
         let seen = try network.evaluate(DistributionMetrics.dataRange(samples.images))
         let dist = try DistributionMetrics.evaluate(features: seen.features, logits: seen.logits, reference: reference, labels: labels)
-        // FID against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).
+        // Metrics against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).
         let perClass = n / classes
-        var fidCurve: [(Int, Double)] = []
+        var byN: [DistributionMetrics] = []
         for fraction in [8, 4, 2] where perClass / fraction >= 2 {
             let k = perClass / fraction
             let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + k) }
-            fidCurve.append((idx.count, try FID.compute(reference.statistics, FIDStatistics(features: seen.features.gather(batch: idx)))))
+            byN.append(try DistributionMetrics.evaluate(features: seen.features.gather(batch: idx), logits: seen.logits.gather(batch: idx),
+                                                        reference: reference, labels: idx.map { labels[$0] }))
         }
-        fidCurve.append((n, dist.fid))
+        byN.append(dist)
         let costs = try r.costs()
         let overridden = steps != nil || eta != nil || guidance != nil
         var report = EvaluationReport(
@@ -170,7 +171,8 @@ struct Evaluate: ParsableCommand {
             reference: "Fashion-MNIST test set (\(test.count) images)", featureNetwork: "models/fmnist-features (\(network.featureDim)-d features)",
             notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
-                    "FID vs n: " + fidCurve.map { "n=\($0.0): \(String(format: "%.2f", $0.1))" }.joined(separator: ", ")])
+                    "The table by n uses class-balanced prefixes of the same samples; FID falls with n (its bias is about proportional to 1/n)."])
+        report.metricsByN = byN
         if let doc = r.correction {
             let cs = r.correctionSettings
             let parts = [cs.components.contains(.cnc) ? "CNC" : nil, cs.components.contains(.bias) ? "BC" : nil, cs.components.contains(.vsc) ? "VSC" : nil].compactMap { $0 }
@@ -180,9 +182,9 @@ struct Evaluate: ParsableCommand {
             }
         }
         if paired != nil { report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.") }
-        if fidCurve.count >= 2 {
+        if byN.count >= 2 {
             let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
-                                series: [.init(name: "FID", x: fidCurve.map { Double($0.0) }, y: fidCurve.map(\.1))])
+                                series: [.init(name: "FID", x: byN.map { Double($0.count) }, y: byN.map(\.fid))])
             let name = paired == nil && quant.quantized != nil ? "fid-vs-n-fp32.png" : "fid-vs-n.png"
             _ = try plot.write(to: URL(fileURLWithPath: out).appendingPathComponent(name).path)
         }

@@ -149,7 +149,8 @@ final class CLITests: XCTestCase {
         let finished = try evaluate(resumed)
         XCTAssertEqual(finished.code, 0, finished.err)
         XCTAssertTrue(finished.err.contains("resuming fp32 at image 10/20"), finished.err)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + "/report.json"))
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: resumed + "/report.json"))) as? [String: Any]
+        XCTAssertEqual((report?["metrics_by_n"] as? [[String: Any]])?.last?["count"] as? Int, 20, "report.json lacks metrics by n")
         let reference = try evaluate(straight, ["--quiet"])
         XCTAssertEqual(reference.code, 0, reference.err)
         let a = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors").floats("samples")

@@ -174,6 +174,10 @@ final class ReportTests: XCTestCase {
         r.cost.modelFileBytes = 10_800_000
         r.reference = "fashion-mnist/t10k n=10000"
         r.notes = ["PSNR of identical images is +inf; summaries cap it at 100 dB"]
+        r.metricsByN = [DistributionMetrics(count: 2500, fid: 20.5, inceptionScoreMean: 8, inceptionScoreStd: 0.3, precision: 0.7,
+                                            recall: 0.5, k: 3, labelAccuracy: 0.875),
+                        DistributionMetrics(count: 5000, fid: 12.345, inceptionScoreMean: 8.1, inceptionScoreStd: 0.2, precision: 0.71,
+                                            recall: 0.55, k: 3, labelAccuracy: nil)]
         let dir = makeTempDirectory(self)
         try r.writeJSON(to: dir + "/report.json")
         let back = try EvaluationReport.read(path: dir + "/report.json")
@@ -187,6 +191,9 @@ final class ReportTests: XCTestCase {
         XCTAssertTrue(md.contains("| FID ↓ | 12.345 |"), md)
         XCTAssertTrue(md.contains("eta 0, guidance 3"), md)
         XCTAssertTrue(md.contains("20.00 images/s"), md)
+        XCTAssertTrue(json.contains("\"metrics_by_n\""), json)
+        XCTAssertTrue(md.contains("| 2500 | 20.500 | 8.000 | 0.7000 | 0.5000 | 87.5% |"), md)
+        XCTAssertTrue(md.contains("| 5000 | 12.345 | 8.100 | 0.7100 | 0.5500 | – |"), md)
         try r.writeMarkdown(to: dir + "/report.md")
         XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: dir).sorted(), ["report.json", "report.md"])
         XCTAssertThrowsError(try EvaluationReport.read(path: dir + "/report.md"))
