@@ -50,7 +50,7 @@ struct Ablation: ParsableCommand {
                          "--stats-trajectories", "\(statsTrajectories)", "--correct", "ptqd", "--seed", "\(seed)", "--out", file] + common
         if !(reuse && FileManager.default.fileExists(atPath: file)) {
             note("ablation: ptqd quantize \(quantizeArgs.joined(separator: " "))")
-            var q = try Quantize.parse(quantizeArgs)
+            let q = try Quantize.parse(quantizeArgs)
             try q.run()
         }
         let evalBase = modelArgs + ["--setting", setting.rawValue, "--n", "\(n)", "--seed", "\(seed)",
@@ -71,7 +71,7 @@ struct Ablation: ParsableCommand {
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
-            var e = try Evaluate.parse(args)
+            let e = try Evaluate.parse(args)
             try e.run()
             rows[i].report = try EvaluationReport.read(path: dir + "/report.json")
             if fpReport == nil {

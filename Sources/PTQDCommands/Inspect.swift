@@ -37,7 +37,7 @@ struct Inspect: ParsableCommand {
             else { printScheduler(try SchedulerConfig(json: data, file: path)) }
         } else {
             let file = try SafeTensorsFile(path: path)
-            if file.metadata["ptqd"] != nil { try printQuantized() } else { try printTensors(file) }
+            if file.metadata["ptqd"] != nil { try printQuantized() } else { printTensors(file) }
         }
     }
 
