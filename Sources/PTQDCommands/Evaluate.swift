@@ -171,7 +171,7 @@ struct Evaluate: ParsableCommand {
             reference: "Fashion-MNIST test set (\(test.count) images)", featureNetwork: "models/fmnist-features (\(network.featureDim)-d features)",
             notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
-                    "The table by n uses class-balanced prefixes of the same samples; FID falls with n (its bias is about proportional to 1/n)."])
+                    "The table by n uses class-balanced prefixes of the same samples (nested, not independent draws): it shows how much the metrics move with n."])
         report.metricsByN = byN
         if let doc = r.correction {
             let cs = r.correctionSettings
