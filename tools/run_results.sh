@@ -3,7 +3,7 @@
 # Usage: [OUT=DIR] tools/run_results.sh [N_A] [N_B] [STATS]   (defaults out/results, 200, 30, 64; n = 5000 takes ~25x longer)
 # Use a fresh OUT after retraining the model: quantized files in OUT are reused, and evaluate refuses files
 # quantized from other weights.
-# Steps run in priority order; every command is printed before it runs; outputs go to out/results/.
+# Steps run in priority order; every command is printed before it runs; outputs go to $OUT.
 set -euo pipefail
 PTQD=${PTQD:-.build/release/ptqd}
 NA=${1:-200}

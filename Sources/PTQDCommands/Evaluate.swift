@@ -140,10 +140,10 @@ struct Evaluate: ParsableCommand {
         print("wrote \(base.path)/{report.json, report.md, grid.png\(q != nil ? ", report-fp32.json" : "")\(perClass >= 4 ? ", fid-vs-n.png" : "")}")
     }
 
-    /// Distribution metrics (and FID vs n plot), paired metrics and cost for one model's samples.
+    /// Distribution metrics (by n, with the FID-vs-n plot), paired metrics and cost for one model's samples.
     func report(_ r: Runner, samples: (images: Tensor, seconds: Double), settings: SamplerSettings, labels: [Int], classes: Int,
                 network: FeatureNetwork, reference: ReferenceStatistics, test: FashionMNIST, paired: PairedMetrics?) throws -> EvaluationReport {
-        // One pass of the feature network over the clamped images; the FID-vs-n prefixes reuse its features.
+        // One pass of the feature network over the clamped images; the metrics-by-n prefixes reuse its features.
         let seen = try network.evaluate(DistributionMetrics.dataRange(samples.images))
         let dist = try DistributionMetrics.evaluate(features: seen.features, logits: seen.logits, reference: reference, labels: labels)
         // Metrics against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).

@@ -4,7 +4,8 @@ import Foundation
 import SafeTensors
 import TensorCore
 
-/// The samples of one evaluation run so far, saved after every batch so that an interrupted (or
+/// The samples of one evaluation run so far, saved at batch ends (at most every 30 s, and always when the
+/// run finishes or its time budget is spent) so that an interrupted (or
 /// `--time-budget`-limited) `ptqd evaluate` continues where it stopped instead of starting over.
 ///
 /// File: safetensors with one tensor `samples` `[count, C, H, W]` fp32 — images `0..<count` of the run in
@@ -35,6 +36,4 @@ struct SampleCheckpoint {
         try w.add("samples", floats: images.toNCHW(), shape: [images.shape[0]] + imageShape)
         try w.write(to: path)
     }
-
-    func remove() { try? FileManager.default.removeItem(atPath: path) }
 }

@@ -164,6 +164,7 @@ final class CLITests: XCTestCase {
         XCTAssertFalse(other.err.contains("resuming"), other.err)
         XCTAssertTrue(try run(["evaluate", "--time-budget", "-1", "--out", resumed]).err.contains("--time-budget"))
     }
+
     func testInspectShowsConfigAndTensors() throws {
         let r = try run(["inspect", fixture])
         XCTAssertEqual(r.code, 0, r.err)
