@@ -5,6 +5,7 @@
 
 import CPNG
 import Foundation
+import SafeTensors
 
 /// An 8-bit image: `height` rows of `width` pixels, `channels` bytes each (1 = gray, 3 = RGB), row-major.
 public struct PNGImage: Equatable, Sendable {
@@ -127,34 +128,14 @@ public enum PNGCodec {
 
 /// Writes files so that readers see either the old file or the complete new one, never a prefix.
 public enum AtomicFile {
-    /// Writes `bytes` to `"<path>.tmp-<pid>-<random>"`, fsyncs it, and renames it over `path`.
+    /// Writes `bytes` to `path` through SafeTensors' ``AtomicWrite`` (temporary file in the same
+    /// directory, fsync, rename, directory fsync).
     /// - Throws: `.writeFailed` naming the failing step; the temporary file is removed on failure.
     public static func write(_ bytes: [UInt8], to path: String) throws {
-        let tmp = "\(path).tmp-\(getpid())-\(String(UInt64.random(in: 0 ... .max), radix: 16))"
-        func failure(_ step: String) -> EvaluationError {
-            .writeFailed(path: path, reason: "\(step): \(String(cString: strerror(errno)))")
-        }
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw failure("cannot create temporary file '\(tmp)'") }
-        var isOpen = true
         do {
-            try bytes.withUnsafeBytes { buf in
-                var done = 0
-                while done < buf.count {
-                    let n = Foundation.write(fd, buf.baseAddress! + done, buf.count - done)
-                    if n < 0 { if errno == EINTR { continue }; throw failure("write") }
-                    if n == 0 { errno = EIO; throw failure("write") }
-                    done += n
-                }
-            }
-            guard fsync(fd) == 0 else { throw failure("fsync") }
-            isOpen = false
-            guard close(fd) == 0 else { throw failure("close") }
-            guard rename(tmp, path) == 0 else { throw failure("rename to final path") }
-        } catch {
-            if isOpen { close(fd) }
-            unlink(tmp)
-            throw error
+            try AtomicWrite.write([bytes], to: path)
+        } catch let failure as AtomicWriteFailure {
+            throw EvaluationError.writeFailed(path: path, reason: failure.description)
         }
     }
 

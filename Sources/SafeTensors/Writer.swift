@@ -181,63 +181,15 @@ public struct SafeTensorsWriter {
         return out
     }
 
-    /// Writes the file atomically: the bytes go to `"<path>.tmp-<pid>-<random>"` in the same
-    /// directory, are fsync'ed, and the temporary file is renamed over `path` (then the directory is
-    /// fsync'ed, best effort). On any error the temporary file is removed and `path` is untouched.
+    /// Writes the file atomically through ``AtomicWrite``: the bytes go to `"<path>.tmp-<pid>-<random>"`
+    /// in the same directory, are fsync'ed, and the temporary file is renamed over `path` (then the
+    /// directory is fsync'ed, best effort). On any error the temporary file is removed and `path` is untouched.
     /// - Throws: `.writeFailed(file:reason:)` naming the failing step and the OS error.
     public func write(to path: String) throws {
-        let tmp = "\(path).tmp-\(getpid())-\(String(UInt64.random(in: 0 ... .max), radix: 16))"
-        func failure(_ step: String) -> SafeTensorsError {
-            .writeFailed(file: path, reason: "\(step): \(String(cString: strerror(errno)))")
-        }
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw failure("cannot create temporary file '\(tmp)'") }
-        var fdOpen = true
         do {
-            try Self.writeAll(fd, headerBytes(), failure)
-            for e in entries { try Self.writeAll(fd, e.bytes, failure) }
-            guard fsync(fd) == 0 else { throw failure("fsync") }
-            fdOpen = false
-            guard close(fd) == 0 else { throw failure("close") }
-            guard rename(tmp, path) == 0 else { throw failure("rename to final path") }
-        } catch {
-            if fdOpen { close(fd) }
-            unlink(tmp)
-            throw error
-        }
-        Self.syncDirectory(of: path)
-    }
-
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8], _ failure: (String) -> SafeTensorsError) throws {
-        try bytes.withUnsafeBytes { buf in
-            var done = 0
-            while done < buf.count {
-                let chunk = min(buf.count - done, 1 << 30)
-                let n = posixWrite(fd, buf.baseAddress! + done, chunk)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    throw failure("write")
-                }
-                if n == 0 { errno = EIO; throw failure("write") }
-                done += n
-            }
+            try AtomicWrite.write([headerBytes()] + entries.map(\.bytes), to: path)
+        } catch let failure as AtomicWriteFailure {
+            throw SafeTensorsError.writeFailed(file: path, reason: failure.description)
         }
     }
-
-    /// Best-effort fsync of the directory containing `path`, so the rename itself is durable.
-    private static func syncDirectory(of path: String) {
-        let dir: String
-        if let slash = path.lastIndex(of: "/") {
-            dir = slash == path.startIndex ? "/" : String(path[..<slash])
-        } else {
-            dir = "."
-        }
-        let fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if fd >= 0 { _ = fsync(fd); close(fd) }
-    }
-}
-
-/// The C `write(2)`; a free function so the name does not resolve to ``SafeTensorsWriter/write(to:)``.
-private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
-    write(fd, buffer, count)
 }

@@ -4,40 +4,8 @@ import TensorCore
 import XCTest
 
 /// Runs the built `ptqd` binary as a user would: exit codes, one-line errors, outputs on disk.
-final class CLITests: XCTestCase {
-    /// The `ptqd` built beside the test bundle (`.build/<config>/`), else the release build.
-    var binary: URL {
-        let fm = FileManager.default
-        var candidates = CommandLine.arguments.filter { $0.hasSuffix(".xctest") }
-            .map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("ptqd") }
-        candidates.append(Bundle.main.bundleURL.appendingPathComponent("ptqd"))
-        candidates.append(repo.appendingPathComponent(".build/release/ptqd"))
-        return candidates.first { fm.isExecutableFile(atPath: $0.path) } ?? candidates.last!
-    }
-    var repo: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
-    var fixture: String { repo.appendingPathComponent("Tests/DiffusionTests/Fixtures/cond_attn_28").path }
-    var tmp: URL!
-
-    override func setUpWithError() throws {
-        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ptqd-cli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: binary.path), "ptqd binary not built at \(binary.path)")
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
-
-    @discardableResult
-    func run(_ args: [String]) throws -> (code: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o; p.standardError = e
-        try p.run()
-        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
-    }
+final class CLITests: CLITestCase {
+    var fixture: String { fixturePath("cond_attn_28") }
 
     func testHelpListsSubcommandsAndOptions() throws {
         let r = try run(["--help"])

@@ -4,49 +4,10 @@ import TensorCore
 import XCTest
 
 /// `ptqd quantize`, and `sample`/`inspect` on its output, run as a user would.
-final class QuantizeCLITests: XCTestCase {
-    /// `$PTQD_BINARY`, else the `ptqd` beside the test bundle (any scratch path), else `.build/release/ptqd`.
-    var binary: URL {
-        let fm = FileManager.default
-        var candidates: [URL] = []
-        if let env = ProcessInfo.processInfo.environment["PTQD_BINARY"], !env.isEmpty { candidates.append(URL(fileURLWithPath: env)) }
-        candidates += CommandLine.arguments.filter { $0.hasSuffix(".xctest") }
-            .map { URL(fileURLWithPath: $0).deletingLastPathComponent().appendingPathComponent("ptqd") }
-        candidates += Bundle.allBundles.map(\.bundleURL).filter { $0.pathExtension == "xctest" }
-            .map { $0.deletingLastPathComponent().appendingPathComponent("ptqd") }
-        candidates.append(Bundle.main.bundleURL.appendingPathComponent("ptqd"))
-        candidates.append(repo.appendingPathComponent(".build/release/ptqd"))
-        return candidates.first { fm.isExecutableFile(atPath: $0.path) } ?? candidates.last!
-    }
-    var repo: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent() }
-    func fixture(_ name: String) -> String { repo.appendingPathComponent("Tests/DiffusionTests/Fixtures/\(name)").path }
-    var tmp: URL!
-    func tmpPath(_ name: String) -> String { tmp.appendingPathComponent(name).path }
-
-    override func setUpWithError() throws {
-        tmp = FileManager.default.temporaryDirectory.appendingPathComponent("ptqd-qcli-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: binary.path), "ptqd binary not built at \(binary.path)")
-    }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: tmp) }
-
-    @discardableResult
-    func run(_ args: [String]) throws -> (code: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        p.currentDirectoryURL = repo
-        let o = Pipe(), e = Pipe()
-        p.standardOutput = o; p.standardError = e
-        try p.run()
-        let od = o.fileHandleForReading.readDataToEndOfFile(), ed = e.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: od, as: UTF8.self), String(decoding: ed, as: UTF8.self))
-    }
-
+final class QuantizeCLITests: CLITestCase {
     /// Tiny calibration: 4 trajectories × 4 steps, 8 records.
     func quantizeArgs(_ model: String, scheme: String, out: String) -> [String] {
-        ["quantize", "--model", fixture(model), "--scheme", scheme, "--calib", "4", "--calib-samples", "8", "--steps", "4",
+        ["quantize", "--model", fixturePath(model), "--scheme", scheme, "--calib", "4", "--calib-samples", "8", "--steps", "4",
          "--out", out, "--quiet", "--threads", "2"]
     }
 
@@ -92,7 +53,7 @@ final class QuantizeCLITests: XCTestCase {
         // (see IntegerVsSimulateTests); the layer-level contract is tested there.
         print("[cli] cond_attn_28 w4a8 integer vs simulated samples after 3 steps: \(relativeError(integer, simulated))")
         // The fp32 model gives different samples.
-        let fp = try run(["sample", "--model", fixture("cond_attn_28"), "--n", "4", "--steps", "3", "--class", "0",
+        let fp = try run(["sample", "--model", fixturePath("cond_attn_28"), "--n", "4", "--steps", "3", "--class", "0",
                           "--out", tmpPath("fp.png"), "--save-tensors", st, "--quiet"])
         XCTAssertEqual(fp.code, 0, fp.err)
         XCTAssertGreaterThan(relativeError(integer, try SafeTensorsFile(path: st).floats("samples")), 0)
@@ -110,12 +71,12 @@ final class QuantizeCLITests: XCTestCase {
     func testEvaluateRefusesAQuantizedFileFromOtherWeights() throws {
         let q = tmpPath("d.safetensors")
         XCTAssertEqual(try run(quantizeArgs("cond_attn_28", scheme: "w8a8", out: q)).code, 0)
-        let source = fixture("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
+        let source = fixturePath("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
         let meta = try SafeTensorsFile(path: q).metadata["ptqd"] ?? ""
         XCTAssertTrue(meta.contains(try SafeTensorsFile(path: source).contentDigest()), "digest of the source weights not recorded")
         // A copy of the model with one weight's low byte changed.
         let copy = tmp.appendingPathComponent("other")
-        try FileManager.default.copyItem(atPath: fixture("cond_attn_28"), toPath: copy.path)
+        try FileManager.default.copyItem(atPath: fixturePath("cond_attn_28"), toPath: copy.path)
         let weights = copy.appendingPathComponent("unet/diffusion_pytorch_model.safetensors")
         var bytes = try Data(contentsOf: weights)
         bytes[bytes.count - 4] ^= 0x01
@@ -149,8 +110,8 @@ final class QuantizeCLITests: XCTestCase {
 
     func testBadFlagsFailWithOneLineAndWriteNothing() throws {
         let out = tmpPath("x.safetensors"), png = tmpPath("x.png")
-        let model = fixture("cond_attn_28")
-        let fp32File = fixture("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
+        let model = fixturePath("cond_attn_28")
+        let fp32File = fixturePath("cond_attn_28") + "/unet/diffusion_pytorch_model.safetensors"
         let cases: [([String], String)] = [
             (quantizeArgs("cond_attn_28", scheme: "w9a8", out: out), "w9a8"),
             (quantizeArgs("cond_attn_28", scheme: "banana", out: out), "banana"),
