@@ -74,6 +74,15 @@ public struct FashionMNIST: Sendable {
         return h
     }
 
+    /// Checks that each of the labels `0..<classes` has at least one image (the reference of a class-balanced
+    /// evaluation needs every class).
+    /// - Throws: `.emptyClass` naming the first label without images.
+    public func requireEveryClass(_ classes: Int) throws {
+        if let empty = labelHistogram.prefix(classes).firstIndex(of: 0) {
+            throw EvaluationError.emptyClass(label: empty, context: "Fashion-MNIST \(split.rawValue) split; the reference needs every class")
+        }
+    }
+
     /// Indices of the images with label `label`, in file order.
     /// - Throws: `.emptyClass` if there are none.
     public func indices(ofClass label: Int) throws -> [Int] {
@@ -170,9 +179,9 @@ enum IDX {
         do { raw = try Gzip.decompress(compressed) } catch let e as GzipError {
             throw EvaluationError.corruptGzip(path: path, reason: e.reason)
         }
-        // The trailer CRC was verified against the data; keep it as the file's identity.
-        let n = compressed.count
-        let crc = UInt32(compressed[n - 8]) | UInt32(compressed[n - 7]) << 8 | UInt32(compressed[n - 6]) << 16 | UInt32(compressed[n - 5]) << 24
+        // The identity is the CRC-32 of all decompressed bytes (for a single-member gzip, as Debian ships,
+        // this equals the trailer CRC; for a multi-member file it still covers every member).
+        let crc = raw.withUnsafeBufferPointer { $0.baseAddress.map { Gzip.crc32($0, count: raw.count) } ?? 0 }
         guard raw.count >= 4 else { throw EvaluationError.idxSizeMismatch(path: path, expectedBytes: 4, actualBytes: raw.count) }
         func be32(_ at: Int) -> UInt32 {
             UInt32(raw[at]) << 24 | UInt32(raw[at + 1]) << 16 | UInt32(raw[at + 2]) << 8 | UInt32(raw[at + 3])
@@ -185,7 +194,12 @@ enum IDX {
             throw EvaluationError.idxSizeMismatch(path: path, expectedBytes: headerBytes, actualBytes: raw.count)
         }
         let dims = (0..<ndim).map { Int(be32(4 + 4 * $0)) }
-        let payload = dims.reduce(1, *)
+        var payload = 1
+        for d in dims {
+            let (p, overflow) = payload.multipliedReportingOverflow(by: d)
+            guard !overflow else { throw EvaluationError.idxSizeMismatch(path: path, expectedBytes: Int.max, actualBytes: raw.count) }
+            payload = p
+        }
         guard raw.count - headerBytes == payload else {
             throw EvaluationError.idxSizeMismatch(path: path, expectedBytes: headerBytes + payload, actualBytes: raw.count)
         }

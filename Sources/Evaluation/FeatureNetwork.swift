@@ -69,12 +69,15 @@ public final class FeatureNetwork {
     /// Size and CRC-32 of `model.safetensors`: together they identify the weights in caches.
     public let weightsBytes: Int
     public let weightsCRC32: UInt32
+    /// CRC-32 of `config.json`'s bytes (layers, feature layer, input range): part of the cache identity,
+    /// since the same weights read through another config give other features.
+    public let configCRC32: UInt32
     /// `[H, W, C]` of one input image.
     public let inputShape: [Int]
     public var featureDim: Int { config.featureDim }
     public var classCount: Int { config.numClasses }
-    /// `"<name> <bytes> bytes crc32=<hex>"`.
-    public var identity: String { "\(config.name) \(weightsBytes) bytes crc32=\(hex8(weightsCRC32))" }
+    /// `"<name> <bytes> bytes crc32=<hex> config crc32=<hex>"`.
+    public var identity: String { "\(config.name) \(weightsBytes) bytes crc32=\(hex8(weightsCRC32)) config crc32=\(hex8(configCRC32))" }
 
     enum Op {
         case conv(FloatConv2D)
@@ -100,6 +103,7 @@ public final class FeatureNetwork {
             throw bad("not a valid feature network config: \(Self.decodingReason(error))")
         }
         config = cfg
+        configCRC32 = [UInt8](data).withUnsafeBufferPointer { Gzip.crc32($0.baseAddress!, count: $0.count) }
 
         let weights: SafeTensorsFile
         do { weights = try SafeTensorsFile(path: weightsPath) } catch {

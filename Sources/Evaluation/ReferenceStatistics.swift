@@ -6,8 +6,8 @@ import TensorCore
 
 /// Reference data for distribution metrics: a Fashion-MNIST split's features through the feature
 /// network and their FID statistics, cached to one safetensors file (`mean`, `covariance` in F64,
-/// `features` in F32 for precision/recall) keyed by the feature network's weights (size + CRC-32)
-/// and the dataset (split, count, CRC-32 of the images). The file is also readable by
+/// `features` in F32 for precision/recall) keyed by the feature network's weights (size + CRC-32), its
+/// config (CRC-32) and the dataset (split, count, CRC-32 of the images). The file is also readable by
 /// ``FIDStatistics/load(path:)``.
 public struct ReferenceStatistics {
     public let statistics: FIDStatistics
@@ -25,7 +25,8 @@ public struct ReferenceStatistics {
         ["dataset": dataset.identity,
          "feature_network": network.config.name,
          "feature_network_bytes": String(network.weightsBytes),
-         "feature_network_crc32": hex8(network.weightsCRC32)]
+         "feature_network_crc32": hex8(network.weightsCRC32),
+         "feature_network_config_crc32": hex8(network.configCRC32)]
     }
 
     /// Loads the reference data from `cachePath` if it exists and its key matches; otherwise

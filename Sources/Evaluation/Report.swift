@@ -40,7 +40,9 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
         public var wallTimeSeconds: Double?
         public var secondsPerImage: Double?
         public var imagesPerSecond: Double?
-        /// Peak resident memory of the process (VmHWM), bytes.
+        /// Peak resident memory of the process (VmHWM) while this model sampled, bytes (the peak is reset
+        /// before sampling, so the weights and data already loaded count, earlier peaks do not); nil when the
+        /// samples came from a finished checkpoint.
         public var peakResidentBytes: Int?
         /// Bit operations per UNet forward (Σ MACs × b_w × b_a), filled by the caller.
         public var bopsPerForward: Double?
@@ -148,7 +150,20 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
     }
 }
 
-/// Peak resident set size of this process in bytes (`VmHWM` in /proc/self/status), nil if unavailable.
+/// Resets the process's peak resident set size to its current RSS (writes "5" to /proc/self/clear_refs,
+/// Linux ≥ 4.0), so that a later ``peakResidentBytes()`` measures the peak of the work in between.
+/// - Returns: false when the kernel refused (then ``peakResidentBytes()`` stays the process-lifetime peak).
+@discardableResult
+public func resetPeakResidentBytes() -> Bool {
+    let fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var five = UInt8(ascii: "5")
+    return Foundation.write(fd, &five, 1) == 1
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM` in /proc/self/status) since it started or
+/// since the last successful ``resetPeakResidentBytes()``; nil if unavailable.
 public func peakResidentBytes() -> Int? {
     guard let text = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return nil }
     for line in text.split(separator: "\n") where line.hasPrefix("VmHWM:") {

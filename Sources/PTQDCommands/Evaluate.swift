@@ -67,7 +67,7 @@ struct Evaluate: ParsableCommand {
         guard n >= 1 else { throw ValidationError("--n must be >= 1, got \(n)") }
         guard batch >= 1 else { throw ValidationError("--batch must be >= 1, got \(batch)") }
         if let s = steps, s < 1 { throw ValidationError("--steps must be >= 1, got \(s)") }
-        if let e = eta, !(e.isFinite && e >= 0) { throw ValidationError("--eta must be a finite number >= 0") }
+        if let e = eta, !(e.isFinite && e >= 0 && e <= 1) { throw ValidationError("--eta must be in [0, 1] (0 = deterministic DDIM, 1 = DDPM-like), got \(e)") }
         if let g = guidance, !g.isFinite { throw ValidationError("--guidance must be finite") }
         if let b = timeBudget, !(b.isFinite && b >= 0) { throw ValidationError("--time-budget must be a number of minutes >= 0") }
     }
@@ -103,20 +103,21 @@ struct Evaluate: ParsableCommand {
             throw ValidationError("the feature network has \(network.classCount) classes but the model has \(classes)")
         }
         let test = try FashionMNIST(split: .test, directory: dataset)
+        try test.requireEveryClass(classes)
         let cache = referenceCache ?? URL(fileURLWithPath: out).appendingPathComponent("reference-stats.safetensors").path
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let reference = try ReferenceStatistics.load(dataset: test, network: network, cachePath: cache)
         let base = URL(fileURLWithPath: out)
 
         let fpSamples = try generate(fp, settings: settings, labels: labels,
-                                     checkpoint: checkpoint(fp, settings: settings, path: fpCache ?? base.appendingPathComponent("fp32-samples.safetensors").path))
+                                     checkpoint: try checkpoint(fp, settings: settings, path: fpCache ?? base.appendingPathComponent("fp32-samples.safetensors").path))
         let fpReport = try report(fp, samples: fpSamples, settings: settings, labels: labels, classes: classes, network: network,
                                   reference: reference, test: test, paired: nil)
         var main = fpReport
-        var qSamples: (images: Tensor, seconds: Double)? = nil
+        var qSamples: GeneratedSamples? = nil
         if let q {
             let qs = try generate(q, settings: settings, labels: labels,
-                                  checkpoint: checkpoint(q, settings: settings, path: base.appendingPathComponent("quantized-samples.safetensors").path))
+                                  checkpoint: try checkpoint(q, settings: settings, path: base.appendingPathComponent("quantized-samples.safetensors").path))
             qSamples = qs
             let paired = try PairedMetrics.evaluate(reference: fpSamples.images, test: qs.images)
             main = try report(q, samples: qs, settings: settings, labels: labels, classes: classes, network: network,
@@ -141,7 +142,7 @@ struct Evaluate: ParsableCommand {
     }
 
     /// Distribution metrics (by n, with the FID-vs-n plot), paired metrics and cost for one model's samples.
-    func report(_ r: Runner, samples: (images: Tensor, seconds: Double), settings: SamplerSettings, labels: [Int], classes: Int,
+    func report(_ r: Runner, samples: GeneratedSamples, settings: SamplerSettings, labels: [Int], classes: Int,
                 network: FeatureNetwork, reference: ReferenceStatistics, test: FashionMNIST, paired: PairedMetrics?) throws -> EvaluationReport {
         // One pass of the feature network over the clamped images; the metrics-by-n prefixes reuse its features.
         let seen = try network.evaluate(DistributionMetrics.dataRange(samples.images))
@@ -166,9 +167,10 @@ struct Evaluate: ParsableCommand {
             metrics: .init(fid: dist.fid, inceptionScoreMean: dist.inceptionScoreMean, inceptionScoreStd: dist.inceptionScoreStd,
                            precision: dist.precision, recall: dist.recall, psnr: paired?.psnrSummary, ssim: paired?.ssimSummary),
             cost: .init(wallTimeSeconds: samples.seconds, secondsPerImage: samples.seconds / Double(n),
-                        imagesPerSecond: Double(n) / samples.seconds, peakResidentBytes: peakResidentBytes(),
+                        imagesPerSecond: Double(n) / samples.seconds, peakResidentBytes: samples.peakResidentBytes,
                         bopsPerForward: try r.bopsPerForward(), modelFileBytes: r.fileBytes, threads: runtime.threads),
-            reference: "Fashion-MNIST test set (\(test.count) images)", featureNetwork: "models/fmnist-features (\(network.featureDim)-d features)",
+            reference: "Fashion-MNIST test set (\(test.count) images, \(reference.identity))",
+            featureNetwork: "\(network.directory): \(network.identity) (\(network.featureDim)-d features)",
             notes: [String(format: "BOPs = Σ MACs × b_w × b_a per UNet forward for one image (%.3f GMAC; fp32 layers and attention matmuls count 32×32); guidance runs the UNet on 2 rows per image and step.", Double(costs.totalMACs) / 1e9),
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
                     "The table by n uses class-balanced prefixes of the same samples (nested, not independent draws): it shows how much the metrics move with n."])
@@ -191,12 +193,16 @@ struct Evaluate: ParsableCommand {
         return report
     }
 
-    /// The checkpoint of `r`'s samples under these flags: its key names the weights file (path, size, time),
-    /// the model variant and correction, the sampler settings, n, seed and batch size.
-    func checkpoint(_ r: Runner, settings: SamplerSettings, path: String) -> SampleCheckpoint {
-        let attrs = try? FileManager.default.attributesOfItem(atPath: r.weightsFile)
-        let modified = (attrs?[.modificationDate] as? Date)?.timeIntervalSince1970 ?? 0
-        var key = "\(r.weightsFile)|\(attrs?[.size] ?? 0)|\(modified)|\(r.label)|\(settings.jsonString)|n=\(n)|seed=\(seed)|batch=\(batch)"
+    /// The checkpoint of `r`'s samples under these flags. Its key holds everything the samples depend on: the
+    /// weights file's content digest (not its path or time, so copies match and same-size rewrites do not), the
+    /// decoded UNet and scheduler configs, the model variant and correction, the sampler settings, n, seed and
+    /// batch size.
+    func checkpoint(_ r: Runner, settings: SamplerSettings, path: String) throws -> SampleCheckpoint {
+        let digest = try SafeTensorsFile(path: r.weightsFile).contentDigest()
+        // The configs' descriptions list every decoded field (no dictionaries, so the text is stable).
+        func hashed(_ text: String) -> String { Array(text.utf8).withUnsafeBytes { SafeTensorsDigest.mix64($0) } }
+        var key = "weights=\(digest)|unet=\(hashed("\(r.unet.config)"))|scheduler=\(hashed("\(r.scheduler)"))|\(r.label)"
+            + "|\(settings.jsonString)|n=\(n)|seed=\(seed)|batch=\(batch)"
         if r.quantized != nil {
             let cs = r.correctionSettings
             key += "|correction=\(cs.method.rawValue),\(cs.components.rawValue),\(cs.vscMode.rawValue)"
@@ -207,8 +213,9 @@ struct Evaluate: ParsableCommand {
 
     /// Samples all n images in batches with per-image noise streams, continuing from `checkpoint` when it holds
     /// a prefix of this run (and returning its samples when it holds all of them). Saves the checkpoint at most
-    /// every 30 s and at the end; stops with exit code 75 once `--time-budget` is spent.
-    func generate(_ r: Runner, settings: SamplerSettings, labels: [Int], checkpoint: SampleCheckpoint) throws -> (images: Tensor, seconds: Double) {
+    /// every 30 s and at the end; stops with exit code 75 once `--time-budget` is spent. The process's peak RSS is
+    /// reset before sampling and read after it, so each model's figure covers its own sampling.
+    func generate(_ r: Runner, settings: SamplerSettings, labels: [Int], checkpoint: SampleCheckpoint) throws -> GeneratedSamples {
         let cfg = r.unet.config
         var parts: [Tensor] = []
         var first = 0, earlierSeconds = 0.0
@@ -216,7 +223,7 @@ struct Evaluate: ParsableCommand {
             let count = saved.images.shape[0]
             if count == n {
                 if !quiet { note("evaluate: reusing \(r.label) samples from \(checkpoint.path)") }
-                return saved
+                return GeneratedSamples(images: saved.images, seconds: saved.seconds, peakResidentBytes: nil)
             }
             if count < n && count % batch == 0 {
                 parts = [saved.images]; first = count; earlierSeconds = saved.seconds
@@ -225,6 +232,7 @@ struct Evaluate: ParsableCommand {
         }
         let sampler = try r.sampler(settings)
         let scheduler = sampler.scheduler
+        resetPeakResidentBytes()
         let progress = ProgressReporter(label: "evaluate: sampling \(r.label)", total: (n - first) * scheduler.timesteps.count,
                                         unit: "img·steps", enabled: !quiet)
         var lastSave = progress.elapsed
@@ -248,6 +256,17 @@ struct Evaluate: ParsableCommand {
                 throw ExitCode(75)
             }
         }
-        return (Tensor.concatenate(batch: parts), earlierSeconds + progress.elapsed)
+        return GeneratedSamples(images: Tensor.concatenate(batch: parts), seconds: earlierSeconds + progress.elapsed,
+                                peakResidentBytes: peakResidentBytes())
     }
+}
+
+/// One model's n samples and what making them cost.
+struct GeneratedSamples {
+    /// `[n, H, W, C]` model outputs (not clamped).
+    let images: Tensor
+    /// Sampling wall time, summed over every run that contributed (a resumed run adds its predecessors').
+    let seconds: Double
+    /// Peak RSS of this process while it sampled (nil when the samples were reused from a finished checkpoint).
+    let peakResidentBytes: Int?
 }

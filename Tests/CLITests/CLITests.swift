@@ -125,12 +125,35 @@ final class CLITests: CLITestCase {
         let b = try SafeTensorsFile(path: straight + "/fp32-samples.safetensors").floats("samples")
         XCTAssertEqual(a.count, 20 * 32 * 32)
         XCTAssertEqual(a, b, "resumed samples differ from an uninterrupted run")
-        // A finished run's samples are reused; another seed is a different run and starts over.
+        func peakRSS(_ dir: String) throws -> Any? {
+            let r = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json"))) as? [String: Any]
+            let v = (r?["cost"] as? [String: Any])?["peak_resident_bytes"]
+            return v is NSNull ? nil : v
+        }
+        XCTAssertNotNil(try peakRSS(resumed), "a run that sampled reports its peak RSS")
+        // A finished run's samples are reused (and no peak RSS is claimed for sampling that did not happen);
+        // another seed is a different run and starts over.
         XCTAssertTrue(try evaluate(resumed).err.contains("reusing fp32 samples"))
+        XCTAssertNil(try peakRSS(resumed))
+        // The key is the weights' content and the decoded configs, not the path: a copy of the model reuses the
+        // samples; the same weights under another scheduler config (steps_offset 0) start over.
+        let copy = tmp.appendingPathComponent("model-copy")
+        try FileManager.default.copyItem(at: repo.appendingPathComponent("models/fmnist-ddpm"), to: copy)
+        XCTAssertTrue(try evaluate(resumed, ["--model", copy.path]).err.contains("reusing fp32 samples"))
+        let sched = copy.appendingPathComponent("scheduler/scheduler_config.json")
+        let text = try String(contentsOf: sched, encoding: .utf8)
+        XCTAssertTrue(text.contains("\"steps_offset\": 1"))
+        try text.replacingOccurrences(of: "\"steps_offset\": 1", with: "\"steps_offset\": 0").write(to: sched, atomically: true, encoding: .utf8)
+        let edited = try evaluate(resumed, ["--model", copy.path, "--time-budget", "0"])
+        XCTAssertEqual(edited.code, 75, edited.err)
+        XCTAssertFalse(edited.err.contains("reusing") || edited.err.contains("resuming"), edited.err)
         let other = try evaluate(resumed, ["--seed", "1", "--time-budget", "0"])
         XCTAssertEqual(other.code, 75)
         XCTAssertFalse(other.err.contains("resuming"), other.err)
         XCTAssertTrue(try run(["evaluate", "--time-budget", "-1", "--out", resumed]).err.contains("--time-budget"))
+        let eta = try run(["evaluate", "--eta", "1.5", "--out", resumed])
+        XCTAssertNotEqual(eta.code, 0)
+        XCTAssertTrue(eta.err.contains("--eta must be in [0, 1]"), eta.err)
     }
 
     func testInspectShowsConfigAndTensors() throws {

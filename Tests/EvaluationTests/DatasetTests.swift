@@ -96,6 +96,18 @@ final class FashionMNISTTests: XCTestCase {
             guard case .emptyClass(5, _)? = error as? EvaluationError else { return XCTFail("\(error)") }
         }
         XCTAssertThrowsError(try ds.balancedSample(n: 10, seed: 0))   // class 2 is empty
+        XCTAssertNoThrow(try ds.requireEveryClass(2))
+        XCTAssertThrowsError(try ds.requireEveryClass(10)) { error in
+            guard case .emptyClass(2, _)? = error as? EvaluationError else { return XCTFail("\(error)") }
+        }
+        // The identity covers every gzip member: the images file split into two members reads the same and
+        // keeps the same CRC-32 (the last member's trailer alone would not).
+        let raw = idx(magic: 0x803, dims: [3, 28, 28], payload: (0..<(3 * 784)).map { UInt8($0 % 256) })
+        write(gzipStored(Array(raw[0..<1000])) + gzipStored(Array(raw[1000...])), dir + "/t10k-images-idx3-ubyte.gz")
+        let split = try FashionMNIST(split: .test, directory: dir, requireOfficialCount: false)
+        XCTAssertEqual(split.pixels, ds.pixels)
+        XCTAssertEqual(split.imagesCRC32, ds.imagesCRC32)
+        XCTAssertEqual(split.identity, ds.identity)
         // The official-count check rejects it by default.
         XCTAssertThrowsError(try FashionMNIST(split: .test, directory: dir)) { error in
             guard case .idxCountMismatch(_, 10000, 3)? = error as? EvaluationError else { return XCTFail("\(error)") }
@@ -136,6 +148,12 @@ final class FashionMNISTTests: XCTestCase {
         }
         // Payload shorter than the header says.
         expect({ self.writeTiny($0, truncateImages: true) }) { if case .idxSizeMismatch = $0 { return true }; return false }
+        // Header dimensions whose product overflows Int: an error naming the file, not a trap.
+        expect({ dir in
+            self.writeTiny(dir)
+            let huge = Int(UInt32.max)
+            write(gzipStored(idx(magic: 0x803, dims: [huge, huge, huge], payload: [1, 2, 3])), dir + "/t10k-images-idx3-ubyte.gz")
+        }) { if case .idxSizeMismatch = $0 { return true }; return false }
         // Images and labels disagree on the count.
         expect({ dir in
             self.writeTiny(dir, labels: [0, 1], labelCount: 2)

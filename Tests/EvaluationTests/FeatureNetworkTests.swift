@@ -148,6 +148,21 @@ final class FeatureNetworkTests: XCTestCase {
         // A stale cache (different key) is recomputed, not trusted.
         try first.statistics.save(to: cache, metadata: ["dataset": "something else"])
         XCTAssertFalse(try ReferenceStatistics.load(dataset: test, network: net, cachePath: cache).fromCache)
+        XCTAssertTrue(try ReferenceStatistics.load(dataset: test, network: net, cachePath: cache).fromCache)
+        XCTAssertEqual(try FIDStatistics.load(path: cache).1["feature_network_config_crc32"], hex8(net.configCRC32))
+
+        // The same weights read through another config.json (here only its bytes differ) is another network:
+        // its statistics are recomputed rather than taken from the first network's cache.
+        let copy = makeTempDirectory(self)
+        for f in [FeatureNetwork.configFile, FeatureNetwork.weightsFile] {
+            try FileManager.default.copyItem(atPath: featureNetworkDirectory + "/" + f, toPath: copy + "/" + f)
+        }
+        let config = try Data(contentsOf: URL(fileURLWithPath: copy + "/" + FeatureNetwork.configFile))
+        try (config + Data("\n".utf8)).write(to: URL(fileURLWithPath: copy + "/" + FeatureNetwork.configFile))
+        let edited = try FeatureNetwork(directory: copy)
+        XCTAssertEqual(edited.weightsCRC32, net.weightsCRC32)
+        XCTAssertNotEqual(edited.configCRC32, net.configCRC32)
+        XCTAssertFalse(try ReferenceStatistics.load(dataset: test, network: edited, cachePath: cache).fromCache)
     }
 }
 
