@@ -74,11 +74,17 @@ extension Sampler {
     /// A sampler whose predictions are corrected by `table` and whose injected noise is recalibrated
     /// (VSC) per `settings`. With `settings` off (or no table) this is `Sampler(scheduler:predictor:)`
     /// unchanged, so sampling is bit-for-bit plain.
-    /// - Throws: if the table is invalid or lacks a row for one of the scheduler's timesteps.
+    /// - Throws: if the table is invalid, or its timesteps are not exactly the scheduler's (PTQD's k_t, bias and
+    ///   σ_q hold only for the schedule they were measured on; a table for a finer schedule that happens to
+    ///   contain these timesteps is rejected too, not looked up row by row).
     public static func corrected(scheduler: DiffusionScheduler, predictor: NoisePredictor, table: CorrectionTable?,
                                  settings: CorrectionSettings) throws -> Sampler {
         guard let table, settings.correctsPrediction || settings.calibratesVariance else {
             return Sampler(scheduler: scheduler, predictor: predictor)
+        }
+        guard table.timesteps == scheduler.timesteps else {
+            func span(_ t: [Int]) -> String { "\(t.count) steps (t = \(t.first.map(String.init) ?? "-") … \(t.last.map(String.init) ?? "-"))" }
+            throw CorrectionError.invalid("the correction table was measured on \(span(table.timesteps)) but the sampler runs \(span(scheduler.timesteps)); collect statistics for this schedule (ptqd quantize with these sampler settings) or turn the correction off")
         }
         let p: NoisePredictor = settings.correctsPrediction
             ? try CorrectedPredictor(wrapping: predictor, table: table, settings: settings) : predictor

@@ -48,6 +48,19 @@ final class SamplingTests: XCTestCase {
         }
     }
 
+    /// A table measured on another schedule is refused even when it holds a row for every timestep of this one
+    /// (10 leading steps ⊂ 50 leading steps), unless the correction is off.
+    func testTableForAnotherScheduleIsRefused() throws {
+        let fine = try ddim(eta: 1, steps: 50), coarse = try ddim(eta: 1, steps: 10)
+        XCTAssertTrue(Set(coarse.timesteps).isSubset(of: Set(fine.timesteps)))
+        let t = table(for: fine)
+        XCTAssertThrowsError(try Sampler.corrected(scheduler: coarse, predictor: fake, table: t, settings: CorrectionSettings())) { error in
+            XCTAssertTrue("\(error)".contains("50 steps") && "\(error)".contains("10 steps"), "\(error)")
+        }
+        XCTAssertNoThrow(try Sampler.corrected(scheduler: coarse, predictor: fake, table: t, settings: .off))
+        XCTAssertNoThrow(try Sampler.corrected(scheduler: fine, predictor: fake, table: t, settings: CorrectionSettings()))
+    }
+
     func testOffReturnsInnerTensorItself() throws {
         let out = Tensor(shape: [1, 2, 2, 3], repeating: 0.5)
         let t = makeTable(timesteps: [10], k: [0.1], sigmaQ: [0.1], bias: [[0.1, 0.1, 0.1]])
