@@ -1,10 +1,13 @@
 //===--- VarianceCalibration.swift - PTQD variance schedule calibration ----===//
 //
 // Spec §3.4. Written as x_prev = a_t·x_t + c_t(σ)·ε̃ + σ·z, the corrected prediction still carries a
-// residual error of std s_t, which adds variance c_t²·s_t². VSC shrinks the injected noise std σ_t to σ′:
+// residual error of std s_t, which adds variance c_t²·s_t². (For v- or sample-prediction models ε̃ is the
+// corrected model output and c_t the scheduler's `outputCoefficient` for that prediction type; the
+// statistics are measured on the model output, so s_t is in its units.) VSC shrinks the injected noise std σ_t to σ′:
 //   code : c = |c_t(σ_t)| with the ORIGINAL σ_t;  σ′ = √(σ_t² − c²s²) if c²s² < σ_t² (strict), else 0.
 //   exact: σ′ solves σ′² + c_t(σ′)²·s² = σ_t² (0 if even σ′ = 0 overshoots).
-// DDIM (any η): c_t(σ) = √(1 − ᾱ_prev − σ²) − √(ᾱ_prev(1 − ᾱ_t)/ᾱ_t) ≤ 0, and |c_t| grows with σ, so
+// DDIM (any η, epsilon prediction): c_t(σ) = √(1 − ᾱ_prev − σ²) − √(ᾱ_prev(1 − ᾱ_t)/ᾱ_t) ≤ 0 (v and sample prediction in
+// `DDIMScheduler.outputCoefficient`), and |c_t| grows with σ in every case, so
 // the exact equation's left side is strictly increasing in σ′ and has one root in [0, σ_t].
 // DDPM: c_t does not depend on σ, so both modes give √(σ_t² − c_t²s²). σ_t = 0 (η = 0) → σ′ = 0.
 //
@@ -18,11 +21,11 @@ public enum VarianceCalibration {
     /// - Parameter s: std of the residual error in the corrected prediction (units of ε), ≥ 0.
     public static func calibratedSigma(scheduler: DiffusionScheduler, index: Int, residualStd s: Float, mode: VSCMode) -> Float {
         calibratedSigma(sigma: scheduler.sigma(at: index), residualStd: s, mode: mode) {
-            scheduler.epsilonCoefficient(at: index, sigma: $0)
+            scheduler.outputCoefficient(at: index, sigma: $0)
         }
     }
 
-    /// σ′ from σ_t, s_t and the ε-coefficient c_t(σ) of the update (computed in Float64).
+    /// σ′ from σ_t, s_t and the model-output coefficient c_t(σ) of the update (computed in Float64).
     public static func calibratedSigma(sigma: Float, residualStd s: Float, mode: VSCMode,
                                        coefficient: (Float) -> Float) -> Float {
         precondition(s >= 0 && sigma >= 0, "stds must be >= 0 (sigma \(sigma), residual \(s))")

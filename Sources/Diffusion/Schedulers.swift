@@ -27,9 +27,10 @@ public protocol DiffusionScheduler {
     func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float) -> Tensor
     /// The std σ_t of the noise step `index` injects (0 where it injects none).
     func sigma(at index: Int) -> Float
-    /// The coefficient of the ε-prediction in x_prev when the update is written
-    /// `x_prev = a_t·x_t + c_t(σ)·ε̂ + σ·z` (epsilon prediction, no clipping), with noise std `sigma`.
-    func epsilonCoefficient(at index: Int, sigma: Float) -> Float
+    /// ∂x_prev/∂(model output) per element: the coefficient c_t(σ) with which an error in the model output
+    /// (ε̂, v̂ or x̂₀ per `prediction_type`) reaches x_prev when the update runs with noise std `sigma`.
+    /// The update is affine in the output without clipping; with `clip_sample` it holds where x̂₀ is not clipped.
+    func outputCoefficient(at index: Int, sigma: Float) -> Float
 }
 
 /// Shared schedule arithmetic.
@@ -72,6 +73,16 @@ struct ScheduleCore {
 
     /// `t − T / steps` (diffusers uses integer division for every spacing).
     func previous(_ t: Int) -> Int { t - config.numTrainTimesteps / numInferenceSteps }
+
+    /// (∂x̂0/∂out, ∂ε̂/∂out) of ``predict(_:_:sqrtA:sqrtB:)``: how an error in the model output moves the
+    /// predicted sample and noise.
+    func outputDerivatives(sqrtA: Float, sqrtB: Float) -> (x0: Float, eps: Float) {
+        switch config.predictionType {
+        case .epsilon: return (-sqrtB / sqrtA, 1)
+        case .sample: return (1, -sqrtA / sqrtB)
+        case .vPrediction: return (-sqrtB, sqrtA)
+        }
+    }
 
     /// Converts a model output to (x̂0, ε̂) per the prediction type. `x` and `out` are `[count]`.
     @inline(__always)
@@ -118,10 +129,13 @@ public struct DDIMScheduler: DiffusionScheduler {
         step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index))
     }
 
-    /// c_t(σ) = √(1−ᾱ_prev−σ²) − √(ᾱ_prev·(1−ᾱ_t)/ᾱ_t) (normally negative).
-    public func epsilonCoefficient(at index: Int, sigma std: Float) -> Float {
+    /// c_t(σ) = √ᾱ_prev·∂x̂0/∂out + √(1−ᾱ_prev−σ²)·∂ε̂/∂out. For epsilon prediction
+    /// √(1−ᾱ_prev−σ²) − √(ᾱ_prev·(1−ᾱ_t)/ᾱ_t) (negative); v: √ᾱ_t·√(1−ᾱ_prev−σ²) − √(ᾱ_prev·(1−ᾱ_t));
+    /// sample: √ᾱ_prev − √(1−ᾱ_prev−σ²)·√(ᾱ_t/(1−ᾱ_t)). |c_t| grows with σ in every case.
+    public func outputCoefficient(at index: Int, sigma std: Float) -> Float {
         let (a, ap) = alphas(at: index)
-        return max(1 - ap - std * std, 0).squareRoot() - (ap * (1 - a) / a).squareRoot()
+        let d = core.outputDerivatives(sqrtA: a.squareRoot(), sqrtB: (1 - a).squareRoot())
+        return ap.squareRoot() * d.x0 + max(1 - ap - std * std, 0).squareRoot() * d.eps
     }
 
     /// The DDIM update with an explicit noise scale σ (PTQD's variance-schedule calibration passes σ′):
@@ -177,17 +191,17 @@ public struct DDPMScheduler: DiffusionScheduler {
         }
     }
 
-    /// The coefficient of ε̂ in the posterior mean when written as `c_x·x_t + c_ε·ε̂` (epsilon prediction,
-    /// no clipping): `c_ε = −(1−α_t)/(√α_t·√(1−ᾱ_t))` in the full-grid case.
-    public func epsilonCoefficient(at index: Int, sigma: Float) -> Float { epsilonCoefficient(at: index) }
+    /// The model-output coefficient of the posterior mean `c0·x̂0 + c1·x_t` (independent of the noise std).
+    public func outputCoefficient(at index: Int, sigma: Float) -> Float { outputCoefficient(at: index) }
 
-    /// The ε̂ coefficient of the posterior mean (independent of the noise std).
-    public func epsilonCoefficient(at index: Int) -> Float {
+    /// c0·∂x̂0/∂out with c0 = √ᾱ_prev·β_t/(1−ᾱ_t); for epsilon prediction `−(1−α_t)/(√α_t·√(1−ᾱ_t))` in the
+    /// full-grid case.
+    public func outputCoefficient(at index: Int) -> Float {
         let (a, ap) = alphas(at: index)
         let b = 1 - a
         let curA = a / ap, curB = 1 - curA
         let c0 = (ap.squareRoot() * curB) / b
-        return -c0 * b.squareRoot() / a.squareRoot()
+        return c0 * core.outputDerivatives(sqrtA: a.squareRoot(), sqrtB: b.squareRoot()).x0
     }
 
     public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor {

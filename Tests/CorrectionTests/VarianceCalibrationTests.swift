@@ -1,6 +1,7 @@
 import Correction
 import Diffusion
 import Foundation
+import TensorCore
 import XCTest
 
 /// VSC: η = 0 no-op, the clamp, the exact equation and the DDIM(η = 1) ≡ DDPM identity.
@@ -26,12 +27,12 @@ final class VarianceCalibrationTests: XCTestCase {
         for i in s.timesteps.indices where s.sigma(at: i) > 0 {
             let sigma = Double(s.sigma(at: i))
             // Code mode: clamp iff (|c(σ)|·s)² ≥ σ²; choose s just above that limit.
-            let c = Double(abs(s.epsilonCoefficient(at: i, sigma: s.sigma(at: i))))
+            let c = Double(abs(s.outputCoefficient(at: i, sigma: s.sigma(at: i))))
             let over = Float(sigma / c * 1.001)
             XCTAssertEqual(VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: over, mode: .code), 0)
             XCTAssertGreaterThan(VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: Float(sigma / c * 0.99), mode: .code), 0)
             // Exact mode: clamp iff c(0)²s² ≥ σ².
-            let c0 = Double(abs(s.epsilonCoefficient(at: i, sigma: 0)))
+            let c0 = Double(abs(s.outputCoefficient(at: i, sigma: 0)))
             XCTAssertEqual(VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: Float(sigma / c0 * 1.001), mode: .exact), 0)
             XCTAssertGreaterThan(VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: Float(sigma / c0 * 0.99), mode: .exact), 0)
         }
@@ -46,7 +47,7 @@ final class VarianceCalibrationTests: XCTestCase {
                     let code = VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: res, mode: .code)
                     let sigma = Double(s.sigma(at: i))
                     if sp > 0 {
-                        let c = Double(s.epsilonCoefficient(at: i, sigma: sp))
+                        let c = Double(s.outputCoefficient(at: i, sigma: sp))
                         let lhs = Double(sp) * Double(sp) + c * c * Double(res * res)
                         XCTAssertEqual(lhs, sigma * sigma, accuracy: 1e-5 * sigma * sigma, "η \(eta) step \(i) s \(res)")
                     }
@@ -61,11 +62,47 @@ final class VarianceCalibrationTests: XCTestCase {
         XCTAssertEqual(VarianceCalibration.calibratedSigma(scheduler: s, index: 3, residualStd: 0, mode: .code), s.sigma(at: 3))
     }
 
+    /// `outputCoefficient` is the derivative of each scheduler's own step with respect to the model output, for
+    /// every prediction type (the update is affine in the output without clipping), and exact-mode VSC solves its
+    /// equation with it, so VSC is calibrated for v- and sample-prediction models too.
+    func testOutputCoefficientIsTheStepsDerivativeForEveryPredictionType() throws {
+        for prediction in [SchedulerConfig.Prediction.epsilon, .sample, .vPrediction] {
+            var config = SchedulerConfig.ddimDefault
+            config.clipSample = false
+            config.predictionType = prediction
+            var schedulers: [DiffusionScheduler] = try [Float(0), 0.5, 1].map { try DDIMScheduler(config: config, steps: 20, eta: $0) }
+            schedulers.append(try DDPMScheduler(config: config, steps: 20))
+            for s in schedulers {
+                for i in s.timesteps.indices {
+                    let x = Tensor(shape: [1, 1, 1, 2]), out = Tensor(shape: [1, 1, 1, 2]), noise = Tensor(shape: [1, 1, 1, 2])
+                    (x.data[0], x.data[1], out.data[0], out.data[1], noise.data[0], noise.data[1]) = (0.3, -0.7, 0.2, 0.4, 0.5, -1.1)
+                    let sigma = s.sigma(at: i), h: Float = 0.05
+                    let moved = out.copy()
+                    for j in 0..<2 { moved.data[j] += h }
+                    let base = s.step(modelOutput: out, index: i, sample: x, noise: noise, sigma: sigma)
+                    let stepped = s.step(modelOutput: moved, index: i, sample: x, noise: noise, sigma: sigma)
+                    let c = Double(s.outputCoefficient(at: i, sigma: sigma))
+                    for j in 0..<2 {
+                        let slope = Double(stepped.data[j] - base.data[j]) / Double(h)
+                        XCTAssertEqual(slope, c, accuracy: 1e-3 * max(1, abs(c)), "\(prediction) \(type(of: s)) step \(i)")
+                    }
+                    guard sigma > 0 else { continue }
+                    let sp = VarianceCalibration.calibratedSigma(scheduler: s, index: i, residualStd: 0.2, mode: .exact)
+                    if sp > 0 {
+                        let cp = Double(s.outputCoefficient(at: i, sigma: sp))
+                        XCTAssertEqual(Double(sp * sp) + cp * cp * 0.04, Double(sigma * sigma), accuracy: 1e-5 * Double(sigma * sigma),
+                                       "\(prediction) \(type(of: s)) step \(i)")
+                    }
+                }
+            }
+        }
+    }
+
     /// DDIM with η = 1 on the consecutive 1000-step grid has the DDPM ε-coefficient
     /// −β_t/(√α_t·√(1−ᾱ_t)), so the DDIM and DDPM forms of VSC agree.
     ///
     /// The identity is checked three ways: (1) the DDIM formula evaluated in Float64 on the schedule's
-    /// ᾱ matches to 1e-9; (2) the schedulers' own float32 `epsilonCoefficient` match within 1e-4 for
+    /// ᾱ matches to 1e-9; (2) the schedulers' own float32 `outputCoefficient` match within 1e-4 for
     /// every t ≥ 25, and for t < 25 within 1e-4 plus the float32 rounding of 1 − ᾱ_t/ᾱ_prev
     /// (4·2⁻²⁴/β_t, up to 2e-4 at t = 2); (3) the resulting σ′ of both schedulers agree to 1e-4.
     func testDDIMEtaOneFullGridMatchesDDPMCoefficient() throws {
@@ -84,8 +121,8 @@ final class VarianceCalibrationTests: XCTestCase {
             let c64 = (1 - prev - sigma2).squareRoot() - (prev * (1 - abar) / abar).squareRoot()
             worstAlgebra = max(worstAlgebra, abs(c64 - ref) / abs(ref))
             // (2) The schedulers' float32 coefficients.
-            let cDDIM = Double(ddim.epsilonCoefficient(at: i, sigma: ddim.sigma(at: i)))
-            let cDDPM = Double(ddpm.epsilonCoefficient(at: i, sigma: ddpm.sigma(at: i)))
+            let cDDIM = Double(ddim.outputCoefficient(at: i, sigma: ddim.sigma(at: i)))
+            let cDDPM = Double(ddpm.outputCoefficient(at: i, sigma: ddpm.sigma(at: i)))
             let rel = max(abs(cDDIM - ref), abs(cDDPM - ref)) / abs(ref)
             if t >= 25 { worstLate = max(worstLate, rel) }
             XCTAssertLessThan(rel, 1e-4 + 4 * 0x1p-24 / beta, "t \(t)")
