@@ -63,6 +63,11 @@ public struct CorrectionDocument: Codable, Equatable, Sendable {
         guard !tables.isEmpty else { throw CorrectionError.invalid("the file's correction data holds no table; re-create it") }
         for t in tables { try t.validate() }
         try mixedTable?.validate()
+        // Every table describes the same schedule (one row per step, same timesteps), the mixed one included.
+        let schedule = tables[0].timesteps
+        guard tables.allSatisfy({ $0.timesteps == schedule }), mixedTable.map({ $0.timesteps == schedule }) ?? true else {
+            throw CorrectionError.invalid("the file's correction tables describe different step schedules; re-create it with `ptqd quantize --correct ptqd`")
+        }
         if let p = plan {
             guard let m = mixedTable, p.schemes.count == m.steps, p.schemes.allSatisfy({ $0 >= 0 && $0 < tables.count }) else {
                 throw CorrectionError.invalid("the file's mixed-precision plan does not fit its tables; re-create it with `ptqd quantize --mixed`")

@@ -95,7 +95,7 @@ struct JSONConfig {
         }
         guard let a = v as? [Any] else { throw ModelError.invalidValue(file: file, field: key, reason: "expected a list of integers") }
         return try a.map { e in
-            guard let n = e as? NSNumber, !jsonIsBool(e), n.doubleValue == n.doubleValue.rounded() else {
+            guard let n = e as? NSNumber, !jsonIsBool(e), n.doubleValue == n.doubleValue.rounded(), abs(n.doubleValue) < 1e12 else {
                 throw ModelError.invalidValue(file: file, field: key, reason: "expected a list of integers, found \(e)")
             }
             return n.intValue

@@ -114,6 +114,9 @@ public struct Sampler {
         var x = xT
         for (i, t) in scheduler.timesteps.enumerated() {
             let eps = try predictor.predict(x, timestep: t, stepIndex: i, labels: labels)
+            guard eps.shape == x.shape else {
+                throw ModelError.invalidInput("the model predicts \(eps.shape) for samples of \(x.shape) (NHWC): sampling needs out_channels == in_channels (learned-variance outputs are not supported)")
+            }
             var z: Tensor? = nil
             if scheduler.injectsNoise(at: i) {
                 guard let noise else { throw ModelError.invalidInput("this sampler injects noise but no noise source was given") }

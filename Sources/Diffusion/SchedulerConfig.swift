@@ -101,12 +101,24 @@ public struct SchedulerConfig: Equatable, Sendable {
                   "use_karras_sigmas", "timestep_type", "algorithm_type", "solver_order", "solver_type", "lower_order_final",
                   "euler_at_final", "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "variance_type"])
         try j.rejectUnknownFields()
-        guard numTrainTimesteps >= 1 else { throw ModelError.invalidValue(file: f, field: "num_train_timesteps", reason: "must be >= 1") }
+        guard numTrainTimesteps >= 1, numTrainTimesteps <= 1_000_000 else {
+            throw ModelError.invalidValue(file: f, field: "num_train_timesteps", reason: "must be in 1...1000000")
+        }
         if let tb = trainedBetas, tb.count != numTrainTimesteps {
             throw ModelError.invalidValue(file: f, field: "trained_betas", reason: "has \(tb.count) entries, expected num_train_timesteps = \(numTrainTimesteps)")
         }
         guard betaStart > 0, betaEnd > 0, betaStart < 1, betaEnd < 1 else {
             throw ModelError.invalidValue(file: f, field: "beta_start/beta_end", reason: "must lie in (0, 1)")
+        }
+        if let tb = trainedBetas, let i = tb.firstIndex(where: { !($0 > 0 && $0 < 1) }) {
+            throw ModelError.invalidValue(file: f, field: "trained_betas", reason: "entry \(i) is \(tb[i]); every beta must lie in (0, 1)")
+        }
+        // The schedule is computed in float32 (as torch does): betas that round to 0 (or ᾱ that underflows) leave
+        // a step with no noise (or no signal), where σ and the update are 0/0.
+        let cumulative = alphasCumprod()
+        if let i = cumulative.firstIndex(where: { !($0 > 0 && $0 < 1) }) {
+            throw ModelError.invalidValue(file: f, field: trainedBetas == nil ? "beta_start/beta_end" : "trained_betas",
+                                          reason: "give ᾱ_\(i) = \(cumulative[i]) in float32; the schedule needs 0 < ᾱ_t < 1 at every step")
         }
     }
 

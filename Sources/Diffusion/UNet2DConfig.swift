@@ -20,6 +20,10 @@ public struct UNet2DConfig: Equatable, Sendable {
     public enum Resample: String, Sendable { case conv, resnet }
     public enum TimeScaleShift: String, Sendable { case standard = "default", scaleShift = "scale_shift" }
 
+    /// Limits checked by validation, so that no size product (tensor elements, MACs, attention scores) can
+    /// overflow: at most 8 resolution levels, 65,536 channels and 4,096 pixels per side.
+    public static let maxLevels = 8, maxChannels = 65_536, maxSampleSize = 4_096
+
     public var sampleHeight: Int
     public var sampleWidth: Int
     public var inChannels: Int
@@ -66,8 +70,9 @@ public struct UNet2DConfig: Equatable, Sendable {
         }
         // sample_size: int or [h, w]
         j.accept(["sample_size"])
-        if let s = j.object["sample_size"] as? [Any], s.count == 2, let h = s[0] as? Int, let w = s[1] as? Int {
-            sampleHeight = h; sampleWidth = w
+        if let s = j.object["sample_size"] as? [Any], s.count == 2 {
+            let hw = try j.ints("sample_size")
+            sampleHeight = hw[0]; sampleWidth = hw[1]
         } else if j.has("sample_size") && !j.isNull("sample_size") {
             let s = try j.int("sample_size"); sampleHeight = s; sampleWidth = s
         } else {
@@ -130,7 +135,7 @@ public struct UNet2DConfig: Equatable, Sendable {
         }
         _ = try j.optionalInt("num_train_timesteps", default: nil)  // only used by "learned" time embeddings
         try j.rejectUnknownFields()
-        try validate()
+        try validate(file: f)
     }
 
     private static func resample(_ j: inout JSONConfig, _ key: String) throws -> Resample {
@@ -145,11 +150,18 @@ public struct UNet2DConfig: Equatable, Sendable {
     func validate(file: String = "config.json") throws {
         func bad(_ field: String, _ reason: String) -> ModelError { .invalidValue(file: file, field: field, reason: reason) }
         guard !blockOutChannels.isEmpty, blockOutChannels.allSatisfy({ $0 > 0 }) else { throw bad("block_out_channels", "must be a non-empty list of positive integers") }
+        // Bounds that keep every size product (tensors, MACs, attention scores) far from Int overflow.
+        guard blockOutChannels.count <= Self.maxLevels else { throw bad("block_out_channels", "has \(blockOutChannels.count) levels; at most \(Self.maxLevels) are supported") }
+        if let c = blockOutChannels.first(where: { $0 > Self.maxChannels }) { throw bad("block_out_channels", "entry \(c) exceeds \(Self.maxChannels) channels") }
         guard downBlocks.count == blockOutChannels.count else { throw bad("down_block_types", "has \(downBlocks.count) entries but block_out_channels has \(blockOutChannels.count)") }
         guard upBlocks.count == blockOutChannels.count else { throw bad("up_block_types", "has \(upBlocks.count) entries but block_out_channels has \(blockOutChannels.count)") }
         guard inChannels > 0, outChannels > 0 else { throw bad("in_channels", "channel counts must be positive") }
+        guard inChannels <= Self.maxChannels, outChannels <= Self.maxChannels else { throw bad("in_channels", "channel counts above \(Self.maxChannels) are not supported") }
         guard layersPerBlock >= 1 else { throw bad("layers_per_block", "must be >= 1") }
         guard sampleHeight > 0, sampleWidth > 0 else { throw bad("sample_size", "must be positive") }
+        guard sampleHeight <= Self.maxSampleSize, sampleWidth <= Self.maxSampleSize else {
+            throw bad("sample_size", "\(sampleHeight)×\(sampleWidth) exceeds \(Self.maxSampleSize) pixels per side")
+        }
         guard normNumGroups > 0 else { throw bad("norm_num_groups", "must be positive") }
         for c in blockOutChannels where c % normNumGroups != 0 {
             throw bad("norm_num_groups", "\(normNumGroups) does not divide block_out_channels entry \(c)")
@@ -159,7 +171,9 @@ public struct UNet2DConfig: Equatable, Sendable {
         }
         if let h = attentionHeadDim, h <= 0 { throw bad("attention_head_dim", "must be positive or null") }
         if let n = numClassEmbeds, n <= 0 { throw bad("num_class_embeds", "must be positive") }
-        guard downsamplePadding >= 0 else { throw bad("downsample_padding", "must be >= 0") }
+        guard downsamplePadding >= 0, downsamplePadding <= 16 else { throw bad("downsample_padding", "must be in 0...16") }
+        guard layersPerBlock <= 64 else { throw bad("layers_per_block", "must be <= 64") }
+        if let n = numClassEmbeds, n > 1_000_000 { throw bad("num_class_embeds", "must be <= 1000000") }
         guard normEps > 0 else { throw bad("norm_eps", "must be positive") }
     }
 }

@@ -139,6 +139,9 @@ public final class QuantizedModel {
             }
             var layers: [QuantizedLayer] = []
             for l in variant.layers {
+                guard (2...8).contains(l.precision.weightBits), l.precision.activationBits.map({ (2...8).contains($0) }) ?? true else {
+                    throw QuantizationError.file(path: path, reason: "layer \(l.name) has \(l.precision.weightBits)-bit weights / \(l.precision.activationBits.map(String.init) ?? "fp32") activations; ptqd stores 2…8 bits")
+                }
                 let wName = QuantizedTensorName.weights(v, l.name), sName = QuantizedTensorName.scales(v, l.name)
                 referenced.formUnion([wName, sName])
                 guard file.contains(wName), file.contains(sName) else {
@@ -157,7 +160,7 @@ public final class QuantizedModel {
                         throw QuantizationError.file(path: path, reason: "\(wName) must be packed U8 [⌈O·K/2⌉] for \(l.precision.weightBits)-bit weights")
                     }
                     let bytes = try file.uint8s(wName)
-                    guard l.weightCount > 0, bytes.count == (l.weightCount + 1) / 2 else {
+                    guard l.weightCount > 0, bytes.count == l.weightCount / 2 + l.weightCount % 2 else {
                         throw QuantizationError.file(path: path, reason: "\(wName) holds \(bytes.count) bytes for \(l.weightCount) 4-bit weights")
                     }
                     q = NibblePacking.unpack(bytes, count: l.weightCount)

@@ -24,12 +24,16 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
     }
 
     /// The grid covering `[min(lo, 0), max(hi, 0)]` (the range is widened to contain 0).
-    /// Returns nil when the range is empty (a constant zero activation) or not finite.
+    /// Returns nil when the range is empty (a constant zero activation), not finite, or too wide or narrow for a
+    /// float32 grid (h − l overflows, or the step is subnormal).
     public init?(lo: Float, hi: Float, bits: Int) {
         let l = min(lo, 0), h = max(hi, 0)
         guard l.isFinite, h.isFinite, h - l > 0 else { return nil }
         let qmax = Float((1 << bits) - 1)
         let s = (h - l) / qmax
+        // A range so wide that h − l overflows, or so narrow that the step is subnormal or 0, has no usable
+        // grid (1/s would be ∞ or the zero point NaN).
+        guard s.isNormal, s.isFinite, (1 / s).isFinite else { return nil }
         let z = Int32(min(max((-l / s).rounded(.toNearestOrEven), 0), qmax))
         self.init(scale: s, zeroPoint: z, bits: bits)
     }
@@ -54,7 +58,7 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
             var v = SIMD16<Float>(repeating: 0)
             for j in 0..<(count - i) { v[j] = src[i + j] }
             let q = Self.levels(v, inv: inv, z: z, hi: hi)
-            for j in 0..<(count - i) { dst[i + j] = UInt8(truncatingIfNeeded: unsafeBitCast(q[j] + 8_388_608, to: UInt32.self)) }
+            for j in 0..<(count - i) { dst[i + j] = UInt8(truncatingIfNeeded: (q[j] + 8_388_608).bitPattern) }
         }
     }
 

@@ -61,6 +61,31 @@ final class SamplingTests: XCTestCase {
         XCTAssertNoThrow(try Sampler.corrected(scheduler: fine, predictor: fake, table: t, settings: CorrectionSettings()))
     }
 
+    /// A model whose output does not have the sample's shape (e.g. learned-variance out_channels = 2·in_channels)
+    /// is a one-line error from the sampler, not a trap in the scheduler step.
+    func testOutputOfAnotherShapeIsAnError() throws {
+        let wide = ConstantPredictor(Tensor(shape: [2, 4, 4, 6]))
+        let r = seededRun(shape: shape, seed: 1)
+        XCTAssertThrowsError(try Sampler(scheduler: try ddim(eta: 1), predictor: wide).sample(from: r.xT, labels: nil, noise: r.noise)) { error in
+            XCTAssertTrue("\(error)".contains("out_channels == in_channels"), "\(error)")
+        }
+    }
+
+    /// A file whose per-variant tables (or mixed table) describe different schedules is refused on load.
+    func testDocumentWithTablesOfDifferentSchedulesIsRefused() throws {
+        let a = table(for: try ddim(eta: 1, steps: 10)), b = table(for: try ddim(eta: 1, steps: 20))
+        let settings = SamplerSettings(kind: .ddim, steps: 10, eta: 1, guidance: 1)
+        let good = CorrectionDocument(settings: settings, statistics: StatisticsOptions(), biasMode: .total, clampK: true,
+                                      defaultCorrection: CorrectionSettings(), tables: [a, a])
+        XCTAssertEqual(try CorrectionDocument(json: try good.json()), good)
+        var bad = good
+        bad.tables = [a, b]
+        XCTAssertThrowsError(try CorrectionDocument(json: try bad.json())) { XCTAssertTrue("\($0)".contains("different step schedules"), "\($0)") }
+        bad = good
+        bad.mixedTable = b
+        XCTAssertThrowsError(try CorrectionDocument(json: try bad.json()))
+    }
+
     func testOffReturnsInnerTensorItself() throws {
         let out = Tensor(shape: [1, 2, 2, 3], repeating: 0.5)
         let t = makeTable(timesteps: [10], k: [0.1], sigmaQ: [0.1], bias: [[0.1, 0.1, 0.1]])

@@ -49,6 +49,48 @@ final class BadInputTests: XCTestCase {
         assertLoadFails("act_fn")
     }
 
+    /// Sizes that would overflow Int products (or exhaust memory) are refused while the config is read.
+    func testOversizedConfigValuesAreRefused() throws {
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("block_out_channels", { $0["block_out_channels"] = [2305843009213693952, 64]; $0["norm_num_groups"] = 1 }),
+            ("block_out_channels", { $0["block_out_channels"] = [1 << 20, 64]; $0["norm_num_groups"] = 1 }),
+            ("block_out_channels", {
+                $0["block_out_channels"] = Array(repeating: 8, count: 9); $0["norm_num_groups"] = 1
+                $0["down_block_types"] = Array(repeating: "DownBlock2D", count: 9); $0["up_block_types"] = Array(repeating: "UpBlock2D", count: 9)
+            }),
+            ("sample_size", { $0["sample_size"] = [4611686018427387904, 2] }),
+            ("sample_size", { $0["sample_size"] = [8192, 8] }),
+            ("sample_size", { $0["sample_size"] = 100000 }),
+        ]
+        for (field, change) in cases {
+            try FileManager.default.removeItem(at: dir)
+            try setUpWithError()
+            try editConfig(change)
+            assertLoadFails(field)
+        }
+    }
+
+    /// Schedules whose float32 ᾱ reaches 1 (betas that round away) or leaves (0, 1) are refused, not sampled
+    /// into NaN.
+    func testDegenerateScheduleIsRefused() throws {
+        let url = dir.appendingPathComponent("scheduler/scheduler_config.json")
+        let original = try JSONSerialization.jsonObject(with: Data(contentsOf: url)) as! [String: Any]
+        let cases: [(String, (inout [String: Any]) -> Void)] = [
+            ("beta_start/beta_end", { $0["beta_start"] = 1e-9; $0["beta_end"] = 1e-9 }),
+            ("trained_betas", { o in
+                let t = (o["num_train_timesteps"] as? Int) ?? 1000
+                o["trained_betas"] = (0..<t).map { $0 == 7 ? 1.5 : 0.01 }
+            }),
+            ("num_train_timesteps", { $0["num_train_timesteps"] = 100_000_000 }),
+        ]
+        for (field, change) in cases {
+            var obj = original
+            change(&obj)
+            try JSONSerialization.data(withJSONObject: obj).write(to: url)
+            assertLoadFails(field)
+        }
+    }
+
     func testConfigWeightsShapeMismatch() throws {
         try editConfig { $0["block_out_channels"] = [8, 16, 24]; $0["norm_num_groups"] = 8 }
         assertLoadFails("shape")

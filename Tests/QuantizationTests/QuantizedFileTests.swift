@@ -246,6 +246,26 @@ final class QuantizedFileTests: XCTestCase {
             variants[0]["layers"] = layers; j["variants"] = variants; e.ptqd = j
         }
         assertRefused(wrongK, [l8.name], "weights do not fit the layer")
+        // A 4-bit layer claiming Int.max weights (the packed-size arithmetic must not overflow), and bit widths
+        // outside 2…8: refused while loading, not a trap.
+        func editLayer(_ name: String, _ file: String, _ change: @escaping (inout [String: Any]) -> Void) throws -> String {
+            try edited(file) { e in
+                var j = e.ptqd
+                var variants = j["variants"] as! [[String: Any]]
+                var layers = variants[0]["layers"] as! [[String: Any]]
+                let i = layers.firstIndex { ($0["name"] as! String) == name }!
+                change(&layers[i])
+                variants[0]["layers"] = layers; j["variants"] = variants; e.ptqd = j
+            }
+        }
+        let huge = try editLayer(l4.name, "hugecount.safetensors") { $0["weightCount"] = Int.max }
+        assertRefused(huge, [l4.name, "bytes"], "4-bit weight count Int.max")
+        for bits in [0, 1, 9, 64] {
+            let p = try editLayer(l4.name, "bits\(bits).safetensors") { l in
+                var prec = l["precision"] as! [String: Any]; prec["weightBits"] = bits; l["precision"] = prec
+            }
+            assertRefused(p, [l4.name, "2…8 bits"], "\(bits)-bit weights")
+        }
     }
 
     func testIntegerOutsideGridIsRefused() throws {

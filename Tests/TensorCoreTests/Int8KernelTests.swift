@@ -103,5 +103,10 @@ final class Int8KernelTests: XCTestCase {
         XCTAssertLessThanOrEqual(abs(v[2] - 1.234), q.scale / 2 + 1e-6)
         XCTAssertNil(ActivationQuantization(lo: 0, hi: 0, bits: 8), "a constant-zero range has no grid")
         XCTAssertNil(ActivationQuantization(lo: -.infinity, hi: 1, bits: 8))
+        // Finite ends whose span overflows, and spans whose step is subnormal: no usable grid (not a trap).
+        XCTAssertNil(ActivationQuantization(lo: -3e38, hi: 3e38, bits: 8))
+        XCTAssertNil(ActivationQuantization(lo: 0, hi: Float.leastNormalMagnitude / 8, bits: 8))
+        XCTAssertNil(ActivationQuantization(lo: -Float.leastNormalMagnitude / 8, hi: 0, bits: 4))
+        XCTAssertNotNil(ActivationQuantization(lo: -1e-30, hi: 1e-30, bits: 8))
     }
 }
