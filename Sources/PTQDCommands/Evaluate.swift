@@ -175,6 +175,9 @@ struct Evaluate: ParsableCommand {
                     "Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).",
                     "The table by n uses class-balanced prefixes of the same samples (nested, not independent draws): it shows how much the metrics move with n."])
         report.metricsByN = byN
+        if n < 20 {
+            report.notes.append("IS uses 10 splits: with fewer than 2 images per split (n < 20) it is 1 by construction and says nothing.")
+        }
         if let doc = r.correction {
             let cs = r.correctionSettings
             let parts = [cs.components.contains(.cnc) ? "CNC" : nil, cs.components.contains(.bias) ? "BC" : nil, cs.components.contains(.vsc) ? "VSC" : nil].compactMap { $0 }
@@ -183,7 +186,10 @@ struct Evaluate: ParsableCommand {
                 report.notes.append("At eta 0 DDIM injects no noise: variance-schedule calibration is inactive.")
             }
         }
-        if paired != nil { report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.") }
+        if paired != nil {
+            report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.")
+            report.notes.append("Peak RSS is this process's high-water mark while the model sampled; memory still held from the fp32 run in the same process counts, so compare model memory across separate runs.")
+        }
         if byN.count >= 2 {
             let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
                                 series: [.init(name: "FID", x: byN.map { Double($0.count) }, y: byN.map(\.fid))])
