@@ -1,6 +1,12 @@
 //===--- Report.swift - the evaluation report (JSON + Markdown) and cost measurements ---===//
 
 import Foundation
+import TensorCore
+
+#if os(Linux)
+/// glibc's `malloc_trim(size_t pad)` (declared in <malloc.h>, which the Glibc module does not export).
+@_silgen_name("malloc_trim") private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif
 
 /// One evaluation run: what was sampled, the metrics, and what it cost.
 ///
@@ -40,8 +46,9 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
         public var wallTimeSeconds: Double?
         public var secondsPerImage: Double?
         public var imagesPerSecond: Double?
-        /// Peak resident memory of the process (VmHWM) while this model sampled, bytes (the peak is reset
-        /// before sampling, so the weights and data already loaded count, earlier peaks do not); nil when the
+        /// Peak resident memory of the process (VmHWM) while this model sampled, bytes (cached buffers
+        /// are freed and the peak is reset before sampling, so the weights and data already loaded count,
+        /// earlier peaks and leftover buffers do not); nil when the
         /// samples came from a finished checkpoint.
         public var peakResidentBytes: Int?
         /// Bit operations per UNet forward (Σ MACs × b_w × b_a), filled by the caller.
@@ -150,11 +157,17 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
     }
 }
 
-/// Resets the process's peak resident set size to its current RSS (writes "5" to /proc/self/clear_refs,
-/// Linux ≥ 4.0), so that a later ``peakResidentBytes()`` measures the peak of the work in between.
+/// Frees the tensor buffers cached for reuse (``TensorStorage/purge()``), returns malloc's free memory to the
+/// system (`malloc_trim`), then resets the process's peak resident set size to its current RSS (writes "5" to
+/// /proc/self/clear_refs, Linux ≥ 4.0), so that a later ``peakResidentBytes()`` measures the peak of the work
+/// in between plus what stays loaded (weights, datasets), not buffers left over from earlier work.
 /// - Returns: false when the kernel refused (then ``peakResidentBytes()`` stays the process-lifetime peak).
 @discardableResult
 public func resetPeakResidentBytes() -> Bool {
+    TensorStorage.purge()
+    #if os(Linux)
+    _ = glibcMallocTrim(0)
+    #endif
     let fd = open("/proc/self/clear_refs", O_WRONLY | O_CLOEXEC)
     guard fd >= 0 else { return false }
     defer { close(fd) }

@@ -188,7 +188,7 @@ struct Evaluate: ParsableCommand {
         }
         if paired != nil {
             report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.")
-            report.notes.append("Peak RSS is this process's high-water mark while the model sampled; memory still held from the fp32 run in the same process counts, so compare model memory across separate runs.")
+            report.notes.append("Peak RSS is this process's high-water mark while the model sampled, reset after freeing cached buffers; both models' weights and the reference data stay loaded and count.")
         }
         if byN.count >= 2 {
             let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
