@@ -46,10 +46,9 @@ public struct EvaluationReport: Codable, Equatable, Sendable {
         public var wallTimeSeconds: Double?
         public var secondsPerImage: Double?
         public var imagesPerSecond: Double?
-        /// Peak resident memory of the process (VmHWM) while this model sampled, bytes (cached buffers
-        /// are freed and the peak is reset before sampling, so the weights and data already loaded count,
-        /// earlier peaks and leftover buffers do not); nil when the
-        /// samples came from a finished checkpoint.
+        /// Peak resident memory of the process (VmHWM) while this model sampled, bytes. Cached buffers are
+        /// freed and the peak is reset before sampling, so the weights and data already loaded count, earlier
+        /// peaks and leftover buffers do not. nil when the samples came from a finished checkpoint.
         public var peakResidentBytes: Int?
         /// Bit operations per UNet forward (Σ MACs × b_w × b_a), filled by the caller.
         public var bopsPerForward: Double?
