@@ -181,7 +181,7 @@ enum IDX {
         }
         // The identity is the CRC-32 of all decompressed bytes (for a single-member gzip, as Debian ships,
         // this equals the trailer CRC; for a multi-member file it still covers every member).
-        let crc = raw.withUnsafeBufferPointer { $0.baseAddress.map { Gzip.crc32($0, count: raw.count) } ?? 0 }
+        let crc = Gzip.crc32(raw)
         guard raw.count >= 4 else { throw EvaluationError.idxSizeMismatch(path: path, expectedBytes: 4, actualBytes: raw.count) }
         func be32(_ at: Int) -> UInt32 {
             UInt32(raw[at]) << 24 | UInt32(raw[at + 1]) << 16 | UInt32(raw[at + 2]) << 8 | UInt32(raw[at + 3])

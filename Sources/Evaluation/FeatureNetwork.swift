@@ -103,7 +103,7 @@ public final class FeatureNetwork {
             throw bad("not a valid feature network config: \(Self.decodingReason(error))")
         }
         config = cfg
-        configCRC32 = [UInt8](data).withUnsafeBufferPointer { Gzip.crc32($0.baseAddress!, count: $0.count) }
+        configCRC32 = Gzip.crc32([UInt8](data))
 
         let weights: SafeTensorsFile
         do { weights = try SafeTensorsFile(path: weightsPath) } catch {
@@ -113,7 +113,7 @@ public final class FeatureNetwork {
         guard let raw = FileManager.default.contents(atPath: weightsPath) else {
             throw EvaluationError.featureNetworkWeights(path: weightsPath, reason: "cannot read file")
         }
-        weightsCRC32 = [UInt8](raw).withUnsafeBufferPointer { Gzip.crc32($0.baseAddress!, count: $0.count) }
+        weightsCRC32 = Gzip.crc32([UInt8](raw))
 
         func tensor(_ name: String?, _ shape: [Int], layer: String) throws -> [Float] {
             guard let name else { throw bad("layer '\(layer)' does not name its weight/bias tensor") }

@@ -48,7 +48,11 @@ public enum Gzip {
     }
 
     /// CRC-32 (IEEE 802.3, as in gzip and PNG) of `bytes`, continuing from `crc`.
+    /// Contiguous collections (arrays, array slices) take the pointer loop below.
     public static func crc32<C: Collection>(_ bytes: C, crc: UInt32 = 0) -> UInt32 where C.Element == UInt8 {
+        if let fast = bytes.withContiguousStorageIfAvailable({ b in b.baseAddress.map { crc32($0, count: b.count, crc: crc) } ?? crc }) {
+            return fast
+        }
         var c = ~crc
         for b in bytes { c = crcTable[Int((c ^ UInt32(b)) & 0xFF)] ^ (c >> 8) }
         return ~c

@@ -82,7 +82,7 @@ struct Evaluate: ParsableCommand {
             throw ValidationError("--quantized \(q.path) was made from a model with a different config than \(fp.path); pass the source model with --model")
         }
         if let q, let made = q.quantized?.info.sourceWeightsDigest, !quant.force {
-            let fpDigest = try SafeTensorsFile(path: fp.weightsFile).contentDigest()
+            let fpDigest = try fp.weightsDigest()
             if made != fpDigest {
                 throw ValidationError("--quantized \(q.path) was quantized from different weights than \(fp.weightsFile) (\(made) vs \(fpDigest)); pass the source model with --model, re-quantize, or --force")
             }
@@ -204,7 +204,7 @@ struct Evaluate: ParsableCommand {
     /// decoded UNet and scheduler configs, the model variant and correction, the sampler settings, n, seed and
     /// batch size.
     func checkpoint(_ r: Runner, settings: SamplerSettings, path: String) throws -> SampleCheckpoint {
-        let digest = try SafeTensorsFile(path: r.weightsFile).contentDigest()
+        let digest = try r.weightsDigest()
         // The configs' descriptions list every decoded field (no dictionaries, so the text is stable).
         func hashed(_ text: String) -> String { Array(text.utf8).withUnsafeBytes { SafeTensorsDigest.mix64($0) } }
         var key = "weights=\(digest)|unet=\(hashed("\(r.unet.config)"))|scheduler=\(hashed("\(r.scheduler)"))|\(r.label)"

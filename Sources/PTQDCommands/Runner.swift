@@ -5,6 +5,7 @@ import Correction
 import Diffusion
 import Foundation
 import Quantization
+import SafeTensors
 import TensorCore
 
 /// `--quantized FILE [--simulate]`.
@@ -64,6 +65,14 @@ final class Runner {
     let path: String
     /// The file holding the weights.
     let weightsFile: String
+    /// Content digest of `weightsFile` (``SafeTensorsFile/contentDigest()``), computed once on first use.
+    private var digest: String?
+    func weightsDigest() throws -> String {
+        if let digest { return digest }
+        let d = try SafeTensorsFile(path: weightsFile).contentDigest()
+        digest = d
+        return d
+    }
 
     init(fp32 model: DiffusionModel) {
         label = "fp32"; unet = model.unet; scheduler = model.scheduler; quantized = nil; precisions = [:]

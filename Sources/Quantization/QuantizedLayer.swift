@@ -45,7 +45,7 @@ public struct QuantizedLayer: Sendable {
 
     /// Checks this record against the network layer it replaces.
     public func validate(against layer: WeightLayer) throws {
-        guard (2...8).contains(precision.weightBits), precision.activationBits.map({ (2...8).contains($0) }) ?? true else {
+        guard precision.isSupported else {
             throw QuantizationError.file(path: name, reason: "bits \(precision) outside 2...8")
         }
         for a in inputs {

@@ -139,7 +139,7 @@ public final class QuantizedModel {
             }
             var layers: [QuantizedLayer] = []
             for l in variant.layers {
-                guard (2...8).contains(l.precision.weightBits), l.precision.activationBits.map({ (2...8).contains($0) }) ?? true else {
+                guard l.precision.isSupported else {
                     throw QuantizationError.file(path: path, reason: "layer \(l.name) has \(l.precision.weightBits)-bit weights / \(l.precision.activationBits.map(String.init) ?? "fp32") activations; ptqd stores 2…8 bits")
                 }
                 let wName = QuantizedTensorName.weights(v, l.name), sName = QuantizedTensorName.scales(v, l.name)

@@ -37,6 +37,10 @@ public struct LayerPrecision: Codable, Equatable, Hashable, Sendable, CustomStri
         self.weightBits = weightBits; self.activationBits = activationBits
     }
 
+    /// Whether ptqd stores and executes these widths: weights 2…8 bits, activations 2…8 bits or fp32 (nil).
+    /// Decoded records skip the validating initializer, so readers of files check this.
+    public var isSupported: Bool { (2...8).contains(weightBits) && (activationBits.map { (2...8).contains($0) } ?? true) }
+
     /// Parses `w4a8`, `W8A8`, `w4a32` (weight-only) or `w4` (= w4a32).
     public init(parsing text: String) throws {
         let s = text.lowercased()

@@ -1,12 +1,4 @@
-// Building safetensors files in memory and writing them atomically.
-
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#endif
+// Building safetensors files in memory and writing them atomically (through AtomicWrite).
 
 /// Collects tensors and metadata, then produces a safetensors file.
 ///
