@@ -145,20 +145,30 @@ final class KernelTests: XCTestCase {
         }
     }
 
-    /// Large buffers are reused by exact size; the cache respects its byte limit.
+    /// Large buffers of recurring sizes are reused by exact size; one-off sizes are not kept; the cache
+    /// respects its byte limit.
     func testTensorStorageReuse() {
         TensorStorage.purge()
+        // A size seen once (e.g. a growing concatenation) goes back to the system.
+        var once: Tensor? = Tensor(uninitialized: [1, 512, 511])
+        XCTAssertNotNil(once)
+        once = nil
+        XCTAssertEqual(TensorStorage.cachedByteCount, 0, "a one-off size is not cached")
+        // A recurring size is cached from its second allocation on and then reused.
         var a: Tensor? = Tensor(uninitialized: [1, 512, 512])
-        let first = a!.data
         a = nil
+        a = Tensor(uninitialized: [1, 512, 512])
+        let second = a!.data
+        a = nil
+        XCTAssertEqual(TensorStorage.cachedByteCount, 512 * 512 * 4)
         let b = Tensor(shape: [512, 512])
-        XCTAssertEqual(b.data, first, "a freed 1 MiB buffer is reused for the same size")
+        XCTAssertEqual(b.data, second, "a freed 1 MiB buffer of a recurring size is reused for the same size")
         XCTAssertEqual(b.data[12345], 0, "Tensor(shape:) still zero-fills reused storage")
+        XCTAssertEqual(TensorStorage.cachedByteCount, 0)
         let saved = TensorStorage.limitBytes
         TensorStorage.limitBytes = 0
-        var c: Tensor? = Tensor(uninitialized: [300_000])
-        c = nil
-        XCTAssertNil(c)
+        for _ in 0..<3 { _ = Tensor(uninitialized: [300_000]) }
+        XCTAssertEqual(TensorStorage.cachedByteCount, 0, "nothing is cached beyond the limit")
         TensorStorage.limitBytes = saved
         TensorStorage.purge()
     }
