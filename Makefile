@@ -26,9 +26,9 @@ build: setup
 ## (FID on a small n, PSNR/SSIM vs FP, BOPs, file size, images/s). Under 10 minutes on 2 cores.
 demo: build
 	@mkdir -p out
-	$(PTQD) quantize --scheme w4a8 --weights rtn --correct ptqd --setting A --calib 64 --stats-trajectories 64 --out out/demo-w4a8.safetensors
+	$(PTQD) quantize --scheme w4a8 --weights adaround --correct ptqd --setting A --calib 64 --stats-trajectories 64 --out out/demo-w4a8.safetensors
 	$(PTQD) evaluate --quantized out/demo-w4a8.safetensors --setting A --n 100 --out out/demo
-	@echo "FP (left) and W4A8+PTQD (right), one row per class: out/demo/grid.png"
+	@echo "FP (left) and W4A8 AdaRound+PTQD (right), one row per class: out/demo/grid.png"
 
 
 ## The test suite (release mode: C/oneDNN paths and Swift kernels are 50x slower in debug).
