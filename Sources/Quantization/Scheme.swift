@@ -27,11 +27,14 @@ public struct LayerPrecision: Codable, Equatable, Hashable, Sendable, CustomStri
     public var weightBits: Int
     public var activationBits: Int?
 
+    /// Bit widths ptqd stores and executes, for weights and quantized activations.
+    public static let supportedBits = 2...8
+
     public init(weightBits: Int, activationBits: Int?) throws {
-        guard (2...8).contains(weightBits) else {
+        guard Self.supportedBits.contains(weightBits) else {
             throw QuantizationError.invalidScheme("weight bits must be in 2...8, got \(weightBits)")
         }
-        if let a = activationBits, !(2...8).contains(a) {
+        if let a = activationBits, !Self.supportedBits.contains(a) {
             throw QuantizationError.invalidScheme("activation bits must be in 2...8 (or 32 for fp32), got \(a)")
         }
         self.weightBits = weightBits; self.activationBits = activationBits
@@ -39,7 +42,9 @@ public struct LayerPrecision: Codable, Equatable, Hashable, Sendable, CustomStri
 
     /// Whether ptqd stores and executes these widths: weights 2…8 bits, activations 2…8 bits or fp32 (nil).
     /// Decoded records skip the validating initializer, so readers of files check this.
-    public var isSupported: Bool { (2...8).contains(weightBits) && (activationBits.map { (2...8).contains($0) } ?? true) }
+    public var isSupported: Bool {
+        Self.supportedBits.contains(weightBits) && (activationBits.map(Self.supportedBits.contains) ?? true)
+    }
 
     /// Parses `w4a8`, `W8A8`, `w4a32` (weight-only) or `w4` (= w4a32).
     public init(parsing text: String) throws {
@@ -54,9 +59,9 @@ public struct LayerPrecision: Codable, Equatable, Hashable, Sendable, CustomStri
         if parts.count == 2 {
             guard let v = Int(parts[1]) else { throw bad }
             a = v == 32 ? nil : v
-            if v != 32 && !(2...8).contains(v) { throw bad }
+            if v != 32 && !Self.supportedBits.contains(v) { throw bad }
         }
-        guard (2...8).contains(w) else { throw bad }
+        guard Self.supportedBits.contains(w) else { throw bad }
         try self.init(weightBits: w, activationBits: a)
     }
 
