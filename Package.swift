@@ -17,13 +17,16 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CLapack", path: "Sources/CLapack", providers: [.apt(["liblapacke-dev"])]),
 
+        // MARK: - Memory-bound kernels in C, one body compiled per ISA (baseline, AVX2, AVX-512), chosen at run time
+        .target(name: "CKernels"),
+
         // MARK: - Library modules (one concept each)
-        .target(name: "TensorCore", dependencies: ["CDNNL"]),
+        .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"]),
         .target(name: "SafeTensors"),
         .target(name: "Diffusion", dependencies: ["TensorCore", "SafeTensors"]),
         .target(name: "Evaluation", dependencies: ["TensorCore", "SafeTensors", "CPNG", "CLapack"]),
         .target(name: "WeightRounding", dependencies: ["TensorCore", "CLapack"]),
-        .target(name: "Quantization", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "WeightRounding", "CDNNL"]),
+        .target(name: "Quantization", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "WeightRounding"]),
         .target(name: "Correction", dependencies: ["TensorCore", "Diffusion"]),
         .target(name: "PTQDCommands", dependencies: [
             "TensorCore", "SafeTensors", "Diffusion", "Evaluation", "Quantization", "Correction",

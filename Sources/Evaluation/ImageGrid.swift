@@ -35,13 +35,16 @@ public struct ImageGrid {
         self.rowLabels = rowLabels; self.labelClasses = labelClasses; self.labelStripWidth = labelStripWidth
     }
 
-    /// Renders `images` (`[N, H, W, C]`, C = 1 or 3, values in [−1, 1]; clamped) row-major into
-    /// `ceil(N / columns)` rows. The output is gray for C = 1 and RGB for C = 3.
-    /// - Throws: `.shapeMismatch` for other shapes, `.invalidArgument` if row labels do not fit.
+    /// Renders `images` (`[N, H, W, C]`, values in [−1, 1]; clamped) row-major into `ceil(N / columns)` rows.
+    /// C = 1 is drawn gray and C = 3 as RGB; any other channel count (2, or the 4 of a latent) shows each
+    /// image as C gray tiles side by side, channel 0 first, separated by one mid-gray column (`channelTiles`).
+    /// - Throws: `.shapeMismatch` for a shape that is not `[N>0, H>0, W>0, C>0]`, `.invalidArgument` if row
+    ///   labels do not fit.
     public func render(_ images: Tensor) throws -> PNGImage {
-        guard images.shape.count == 4, images.shape[0] > 0, images.shape[3] == 1 || images.shape[3] == 3 else {
-            throw EvaluationError.shapeMismatch(what: "image grid input", expected: "[N>0, H, W, 1 or 3]", actual: images.shape)
+        guard images.shape.count == 4, images.shape.allSatisfy({ $0 > 0 }) else {
+            throw EvaluationError.shapeMismatch(what: "image grid input", expected: "[N>0, H>0, W>0, C>0]", actual: images.shape)
         }
+        if images.shape[3] != 1 && images.shape[3] != 3 { return try render(Self.channelTiles(images)) }
         let (n, h, w, c) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3])
         let rows = (n + columns - 1) / columns
         let cols = min(columns, n)
@@ -76,6 +79,18 @@ public struct ImageGrid {
                 out.fill(x0: border, y0: y0 + h - bar, w: labelStripWidth, h: bar, (255, 255, 255))
             }
         }
+        return out
+    }
+
+    /// `[N, H, W, C] → [N, H, C·W + C − 1, 1]`: every channel as its own gray tile, left to right, with a
+    /// one-pixel column of 0 (mid-gray) between tiles.
+    public static func channelTiles(_ images: Tensor) -> Tensor {
+        let (n, h, w, c) = (images.shape[0], images.shape[1], images.shape[2], images.shape[3])
+        let ow = c * w + c - 1
+        let out = Tensor(shape: [n, h, ow, 1])
+        for i in 0..<n { for y in 0..<h { for ch in 0..<c { for x in 0..<w {
+            out.data[(i * h + y) * ow + ch * (w + 1) + x] = images.data[((i * h + y) * w + x) * c + ch]
+        } } } }
         return out
     }
 

@@ -229,7 +229,7 @@ struct Quantize: ParsableCommand {
             QuantizedVariantInfo(name: recipe.policy.scheme.description, recipe: recipe, layers: records.map(QuantizedLayerInfo.init),
                                  seconds: secs)
         }
-        var info = QuantizedModelInfo(unetConfig: unetText, schedulerConfig: schedText, sourceModel: source.directory, variants: infos,
+        var info = QuantizedModelInfo(unetConfig: unetText, schedulerConfig: schedText, sourceModel: URL(fileURLWithPath: source.directory).standardized.lastPathComponent, variants: infos,
                                       calibration: CalibrationInfo(options: options, trajectorySeconds: trajectorySeconds))
         info.sourceWeightsDigest = try SafeTensorsFile(path: source.weightsPath).contentDigest()
         return info

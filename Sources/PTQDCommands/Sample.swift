@@ -73,15 +73,15 @@ struct Sample: ParsableCommand {
             outputs.append(result)
         }
         let samples = Tensor.concatenate(batch: outputs)
-        let grid = ImageGrid(columns: plan.columns, rowLabels: plan.rowLabels(n: n), labelClasses: max(plan.realClasses, 1))
-        try PNGCodec.write(try grid.render(samples), to: out)
-        if let path = saveTensors {
+        if let path = saveTensors {  // before the grid: the raw tensors never depend on how they can be drawn
             var writer = SafeTensorsWriter(metadata: ["format": "ptqd-samples", "settings": settings.jsonString,
                                                       "seed": "\(seed)", "model": runner.path])
             try writer.add("samples", floats: samples.toNCHW(), shape: [n, c, h, w])
             if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
             try writer.write(to: path)
         }
+        let grid = ImageGrid(columns: plan.columns, rowLabels: plan.rowLabels(n: n), labelClasses: max(plan.realClasses, 1))
+        try PNGCodec.write(try grid.render(samples), to: out)
         let secs = progress.elapsed
         print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",
                      out, n, settings.kind.rawValue, settings.steps, settings.eta, predictor.guidance, secs, Double(n) / secs)

@@ -108,14 +108,12 @@ public final class ActivationObserver {
         return q
     }
 
-    /// Squared error of fake-quantizing the sample with `q`.
+    /// Squared error of fake-quantizing the sample with `q` (through the quantizer's own kernel).
     func error(_ q: ActivationQuantization) -> Double {
-        let inv = 1 / q.scale, z = Float(q.zeroPoint), top = Float(q.qmax), s = q.scale
+        var fake = sample
+        fake.withUnsafeMutableBufferPointer { q.fakeQuantize($0.baseAddress!, count: $0.count) }
         var e = 0.0
-        for v in sample {
-            let r = (min(max((v * inv).rounded(.toNearestOrEven) + z, 0), top) - z) * s - v
-            e += Double(r * r)
-        }
+        for (f, v) in zip(fake, sample) { let r = f - v; e += Double(r * r) }
         return e
     }
 

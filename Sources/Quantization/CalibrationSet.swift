@@ -94,7 +94,7 @@ public struct CalibrationSet {
         var ts = [Float](repeating: 0, count: x.shape[0])
         var rowLabels: [Int]? = labels == nil ? nil : [Int](repeating: 0, count: x.shape[0])
         for r in 0..<o.samples {
-            let step = r % steps
+            let step = stepOfRecord(r, records: o.samples, steps: steps)
             let traj = Int(rng.nextUInt64() % UInt64(o.trajectories))
             for half in 0..<rowsPerRecord {
                 let row = half * o.samples + r   // unconditional halves first, as the guided sampler batches them
@@ -106,6 +106,19 @@ public struct CalibrationSet {
             }
         }
         return CalibrationSet(x: x, timesteps: ts, labels: rowLabels)
+    }
+
+    /// The sampler step (index into the schedule's timesteps) of calibration record `r` of `records`.
+    ///
+    /// With at least as many records as steps: `r % steps`, so every step is seen and step counts differ by at most
+    /// one. With fewer records than steps: the records sit on `records` distinct steps spread evenly over the whole
+    /// trajectory, the first and the last step included (a single record takes the middle step), so calibration
+    /// never sees only the early, high-noise steps.
+    public static func stepOfRecord(_ r: Int, records: Int, steps: Int) -> Int {
+        precondition(steps >= 1 && records >= 1 && (0..<records).contains(r), "record \(r) of \(records) over \(steps) steps")
+        if records >= steps { return r % steps }
+        if records == 1 { return (steps - 1) / 2 }
+        return (2 * r * (steps - 1) + (records - 1)) / (2 * (records - 1))  // round(r·(steps − 1)/(records − 1))
     }
 
     /// Real classes of a class-table model: all entries but a trailing null class.

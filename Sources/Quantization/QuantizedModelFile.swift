@@ -68,6 +68,8 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
     /// The source model's `config.json` and `scheduler_config.json` text (scheduler nil = diffusers DDIM defaults).
     public var unetConfig: String
     public var schedulerConfig: String?
+    /// The source model's folder name (e.g. "fmnist-ddpm"), portable across machines; with `sourceWeightsDigest`
+    /// it identifies the model. Files written before this held the absolute path of the machine that made them.
     public var sourceModel: String
     /// Content digest of the source weights file (`SafeTensorsFile.contentDigest()`); nil in files
     /// written before it existed. Lets a paired FP-vs-quantized run check it has the right FP model.

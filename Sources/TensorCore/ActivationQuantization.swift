@@ -5,6 +5,8 @@
 //
 //===----------------------------------------------------------------------===//
 
+import CKernels
+
 /// Asymmetric per-tensor quantization of activations to unsigned `bits`-bit integers (stored in u8):
 /// `q = clamp(round_half_even(x · (1/scale)) + zeroPoint, 0, 2^bits − 1)`, `x̂ = (q − zeroPoint)·scale`.
 /// Zero is exactly representable (q = zeroPoint), which zero padding relies on.
@@ -41,44 +43,16 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
     /// Largest integer level, `2^bits − 1`.
     public var qmax: Int32 { (1 << Int32(bits)) - 1 }
 
-    /// Quantizes `count` values from `src` (stride 1) into `dst` (stride 1).
+    /// Quantizes `count` values from `src` (stride 1) into `dst` (stride 1) (CKernels, vectorized per ISA).
     @inline(__always)
     public func quantize(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt8>, count: Int) {
-        let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax)
-        // 2^23 + q has q in its low mantissa bits for integer q in 0...255: the low byte is the u8.
-        let magic = SIMD16<Float>(repeating: 8_388_608)
-        var i = 0
-        while i + 16 <= count {
-            let q = Self.levels(UnsafeRawPointer(src + i).loadUnaligned(as: SIMD16<Float>.self), inv: inv, z: z, hi: hi)
-            let bytes = SIMD16<UInt8>(truncatingIfNeeded: unsafeBitCast(q + magic, to: SIMD16<UInt32>.self))
-            UnsafeMutableRawPointer(dst + i).storeBytes(of: bytes, as: SIMD16<UInt8>.self)
-            i += 16
-        }
-        if i < count {  // the tail through the same vector code, so every element rounds identically
-            var v = SIMD16<Float>(repeating: 0)
-            for j in 0..<(count - i) { v[j] = src[i + j] }
-            let q = Self.levels(v, inv: inv, z: z, hi: hi)
-            for j in 0..<(count - i) { dst[i + j] = UInt8(truncatingIfNeeded: (q[j] + 8_388_608).bitPattern) }
-        }
+        ptqd_quantize_u8(src, dst, count, 1 / scale, Float(zeroPoint), Float(qmax))
     }
 
     /// Fake quantization in place: `x ← (q(x) − zeroPoint)·scale`, the exact values the integer path computes with.
     @inline(__always)
     public func fakeQuantize(_ p: UnsafeMutablePointer<Float>, count: Int) {
-        let inv = 1 / scale, z = Float(zeroPoint), hi = Float(qmax), s = scale
-        map16(p, count) { (Self.levels($0, inv: inv, z: z, hi: hi) - z) * s }  // tail padded: same rounding
-    }
-
-    /// The integer levels `clamp(round_half_even(x·inv) + z, 0, hi)` as floats, 16 lanes.
-    /// (Compare-and-replace rather than `pointwiseMin` with a run-time bound, which Swift
-    /// compiles to a scalar loop.)
-    @inline(__always)
-    static func levels(_ x: SIMD16<Float>, inv: Float, z: Float, hi: Float) -> SIMD16<Float> {
-        let zero = SIMD16<Float>(repeating: 0), top = SIMD16<Float>(repeating: hi)
-        var q = (x * inv).rounded(.toNearestOrEven) + z
-        q.replace(with: zero, where: q .< zero)
-        q.replace(with: top, where: q .> top)
-        return q
+        ptqd_fake_quantize(p, count, 1 / scale, Float(zeroPoint), Float(qmax), scale)
     }
 
     /// Plain scalar reference of `quantize` for one finite value (the definition in the type's documentation).

@@ -2,10 +2,13 @@
 //
 // Each op states its shapes. These are the ops oneDNN does not cover well (or at all in 2.6):
 // GroupNorm, SiLU, softmax, nearest upsampling, channel concat, average pooling, elementwise.
-// Plain reference versions live in `Reference.swift`; tests compare the two.
+// The inner loops are CKernels (one C body compiled per ISA, chosen at run time); these functions
+// split the work across threads. Plain reference versions live in `Reference.swift`; tests compare
+// the two on every ISA variant the machine supports.
 //
 //===----------------------------------------------------------------------===//
 
+import CKernels
 import Foundation
 
 public enum Ops {
@@ -13,7 +16,7 @@ public enum Ops {
     public static func siluInPlace(_ x: Tensor) {
         Parallel.forEachChunk(x.count / 16 + 1, minChunk: 4096) { r in
             let lo = r.lowerBound * 16, hi = min(r.upperBound * 16, x.count)
-            if hi > lo { map16(x.data + lo, hi - lo, vsilu) }
+            if hi > lo { ptqd_silu_inplace(x.data + lo, hi - lo) }
         }
     }
 
@@ -50,7 +53,7 @@ public enum Ops {
                 while p < hw {
                     let end = min(p + 64, hw)
                     fs.update(repeating: 0, count: 2 * c)
-                    accumulateSums(base + p * c, pixels: end - p, channels: c, sum: fs, sumSquares: fq)
+                    ptqd_channel_sums(base + p * c, end - p, c, fs, fq)
                     for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fq[i]) }
                     p = end
                 }
@@ -72,80 +75,16 @@ public enum Ops {
                         b[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
                     }
                 }
-                applyAffine(base, y.data + bi * hw * c, pixels: hw, channels: c, scale: a, shift: b, silu: silu)
+                ptqd_channel_affine(base, y.data + bi * hw * c, hw, c, a, b, silu ? 1 : 0)
             }
         }
         return y
     }
 
-    /// Per-channel Σx and Σx² over `pixels` rows of `channels` floats (added into `sum`, `sumSquares`).
-    /// Explicit 16-lane vectors: the pointers could alias, so the compiler would not vectorize a plain loop.
-    @inline(__always)
-    static func accumulateSums(_ x: UnsafeMutablePointer<Float>, pixels: Int, channels c: Int,
-                               sum: UnsafeMutablePointer<Float>, sumSquares: UnsafeMutablePointer<Float>) {
-        let vec = c / 16 * 16
-        var j = 0
-        while j < vec {
-            var s = SIMD16<Float>(repeating: 0), q = SIMD16<Float>(repeating: 0)
-            for px in 0..<pixels {
-                let v = UnsafeRawPointer(x + px * c + j).loadUnaligned(as: SIMD16<Float>.self)
-                s += v; q += v * v
-            }
-            for l in 0..<16 { sum[j + l] += s[l]; sumSquares[j + l] += q[l] }
-            j += 16
-        }
-        if vec < c {
-            for px in 0..<pixels { for i in vec..<c { let v = x[px * c + i]; sum[i] += v; sumSquares[i] += v * v } }
-        }
-    }
-
-    /// `dst = src·scale[c] + shift[c]` (then SiLU if asked) over `pixels` rows of `channels`.
-    @inline(__always)
-    static func applyAffine(_ src: UnsafeMutablePointer<Float>, _ dst: UnsafeMutablePointer<Float>, pixels: Int, channels c: Int,
-                            scale: UnsafeMutablePointer<Float>, shift: UnsafeMutablePointer<Float>, silu: Bool) {
-        let vec = c / 16 * 16
-        var j = 0
-        while j < vec {
-            let a = UnsafeRawPointer(scale + j).loadUnaligned(as: SIMD16<Float>.self)
-            let b = UnsafeRawPointer(shift + j).loadUnaligned(as: SIMD16<Float>.self)
-            for px in 0..<pixels {
-                var v = UnsafeRawPointer(src + px * c + j).loadUnaligned(as: SIMD16<Float>.self) * a + b
-                if silu { v = vsilu(v) }
-                UnsafeMutableRawPointer(dst + px * c + j).storeBytes(of: v, as: SIMD16<Float>.self)
-            }
-            j += 16
-        }
-        if vec < c {
-            for px in 0..<pixels { for i in vec..<c {
-                var v = src[px * c + i] * scale[i] + shift[i]
-                if silu { v = v / (1 + fastExp(-v)) }
-                dst[px * c + i] = v
-            } }
-        }
-    }
-
     /// Row-wise softmax of `scale·x` in place: `x` is `[rows, length]`.
     public static func softmaxRowsInPlace(_ x: UnsafeMutablePointer<Float>, rows: Int, length: Int, scale: Float) {
         Parallel.forEachChunk(rows, minChunk: 16) { range in
-            for r in range {
-                let row = x + r * length
-                var m = -Float.infinity
-                for i in 0..<length { m = max(m, row[i]) }
-                // softmax(scale·x) = exp(scale·(x − max)) / Σ, valid for scale > 0.
-                let sm = m * scale
-                var sum: Float = 0
-                var i = 0
-                while i + 16 <= length {
-                    let v = UnsafeRawPointer(row + i).loadUnaligned(as: SIMD16<Float>.self)
-                    let e = vexp(v * scale - sm)
-                    sum += e.sum()
-                    UnsafeMutableRawPointer(row + i).storeBytes(of: e, as: SIMD16<Float>.self)
-                    i += 16
-                }
-                while i < length { let e = fastExp(row[i] * scale - sm); row[i] = e; sum += e; i += 1 }
-                let inv = 1 / sum
-                for j in 0..<length { row[j] *= inv }
-            }
+            for r in range { ptqd_softmax_row(x + r * length, length, scale) }
         }
     }
 
@@ -229,20 +168,19 @@ public enum Ops {
     /// `a += b · scale` elementwise (same shapes).
     public static func addInPlace(_ a: Tensor, _ b: Tensor, scale: Float = 1) {
         precondition(a.shape == b.shape, "add: \(a.shape) vs \(b.shape)")
-        zip16(a.data, b.data, into: a.data, count: a.count) { x, y in x + y * scale }
+        chunked(a.count) { lo, n in ptqd_add_scaled(a.data + lo, a.data + lo, b.data + lo, n, scale) }
     }
 
     /// `x *= s` elementwise.
     public static func scaleInPlace(_ x: Tensor, _ s: Float) {
-        zip16(x.data, x.data, into: x.data, count: x.count) { v, _ in v * s }
+        chunked(x.count) { lo, n in ptqd_scale(x.data + lo, n, s) }
     }
 
     /// `(a + b) / divisor` into a new tensor (the ResNet/attention residual).
     public static func residual(_ a: Tensor, _ b: Tensor, divisor: Float) -> Tensor {
         precondition(a.shape == b.shape, "residual: \(a.shape) vs \(b.shape)")
         let y = Tensor(uninitialized: a.shape)
-        if divisor == 1 { zip16(a.data, b.data, into: y.data, count: a.count) { u, v in u + v } }
-        else { zip16(a.data, b.data, into: y.data, count: a.count) { u, v in (u + v) / divisor } }
+        chunked(a.count) { lo, n in ptqd_residual(y.data + lo, a.data + lo, b.data + lo, n, divisor) }
         return y
     }
 
@@ -259,30 +197,19 @@ public enum Ops {
             for b in range {
                 for i in 0..<c { scale[i] = 1 + t.data[b * 2 * c + i]; shift[i] = t.data[b * 2 * c + c + i] }
                 let base = x.data + b * hw * c
-                applyAffine(base, base, pixels: hw, channels: c, scale: scale, shift: shift, silu: silu)
+                ptqd_channel_affine(base, base, hw, c, scale, shift, silu ? 1 : 0)
             }
         }
     }
 
-    /// `dst[i] = body(a[i], b[i])` over `count` floats, 16 lanes at a time, split across threads.
-    /// `dst` may alias `a` or `b` (each lane reads before it writes).
+    /// Calls `body(offset, count)` on contiguous pieces of `0..<count` floats, split across threads in
+    /// whole 16-float blocks.
     @inline(__always)
-    static func zip16(_ a: UnsafeMutablePointer<Float>, _ b: UnsafeMutablePointer<Float>, into dst: UnsafeMutablePointer<Float>,
-                      count: Int, _ body: (SIMD16<Float>, SIMD16<Float>) -> SIMD16<Float>) {
+    static func chunked(_ count: Int, _ body: (Int, Int) -> Void) {
         let blocks = (count + 15) / 16
         Parallel.forEachChunk(blocks, minChunk: 2048) { r in
-            var i = r.lowerBound * 16
-            let end = min(r.upperBound * 16, count)
-            while i + 16 <= end {
-                let u = UnsafeRawPointer(a + i).loadUnaligned(as: SIMD16<Float>.self)
-                let v = UnsafeRawPointer(b + i).loadUnaligned(as: SIMD16<Float>.self)
-                UnsafeMutableRawPointer(dst + i).storeBytes(of: body(u, v), as: SIMD16<Float>.self)
-                i += 16
-            }
-            while i < end {
-                dst[i] = body(SIMD16(repeating: a[i]), SIMD16(repeating: b[i]))[0]
-                i += 1
-            }
+            let lo = r.lowerBound * 16, hi = min(r.upperBound * 16, count)
+            if hi > lo { body(lo, hi - lo) }
         }
     }
 

@@ -62,7 +62,17 @@ final class ImageOutputTests: XCTestCase {
         XCTAssertEqual(labelled.pixels[labelled.offset(x: 1, y: 1)], 0)
         XCTAssertEqual(labelled.pixels[labelled.offset(x: 1, y: 4)], 255)
         XCTAssertThrowsError(try ImageGrid(columns: 2, rowLabels: [0]).render(t))
-        XCTAssertThrowsError(try grid.render(Tensor(shape: [2, 4, 4, 2])))
+        XCTAssertThrowsError(try grid.render(Tensor(shape: [0, 4, 4, 1])))
+        // Other channel counts: one gray tile per channel, separated by a mid-gray column.
+        let two = Tensor(shape: [3, 4, 3, 2])
+        for i in 0..<(3 * 12) { two.data[2 * i] = -1; two.data[2 * i + 1] = 1 }
+        let tiles = try grid.render(two)
+        XCTAssertEqual(tiles.channels, 1)
+        XCTAssertEqual(tiles.width, 1 + 2 * (2 * 3 + 1 + 1))
+        XCTAssertEqual(tiles.pixels[tiles.offset(x: 1, y: 1)], 0, "channel 0 tile")
+        XCTAssertEqual(tiles.pixels[tiles.offset(x: 1 + 3, y: 1)], pixelByte(0), "separator column")
+        XCTAssertEqual(tiles.pixels[tiles.offset(x: 1 + 4, y: 1)], 255, "channel 1 tile")
+        XCTAssertEqual(try grid.render(Tensor(shape: [1, 2, 2, 4])).width, 1 + 4 * 2 + 3 + 1)
 
         let rgbT = Tensor(shape: [2, 4, 3, 3], repeating: 1)
         let rgb = try ImageGrid(columns: 2).render(rgbT)

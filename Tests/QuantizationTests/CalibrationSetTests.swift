@@ -33,6 +33,36 @@ final class CalibrationSetTests: XCTestCase {
         XCTAssertNotEqual(try CalibrationSet.collect(model: m, options: o2).x.array, c.x.array)
     }
 
+    /// Records cover every step (counts within one) when there are enough of them, and spread over the whole
+    /// trajectory (first and last step included, distinct steps, even gaps) when there are fewer records than steps.
+    func testRecordsCoverEveryStep() throws {
+        for (records, steps) in [(256, 20), (20, 20), (21, 20), (100, 100), (32, 100), (7, 20), (2, 250), (3, 1000), (1, 20), (5, 1)] {
+            let drawn = (0..<records).map { CalibrationSet.stepOfRecord($0, records: records, steps: steps) }
+            XCTAssertTrue(drawn.allSatisfy { (0..<steps).contains($0) }, "\(records)/\(steps)")
+            var count = [Int](repeating: 0, count: steps)
+            for d in drawn { count[d] += 1 }
+            if records >= steps {
+                XCTAssertTrue(count.allSatisfy { $0 >= records / steps && $0 <= (records + steps - 1) / steps }, "\(records)/\(steps): \(count)")
+            } else if records == 1 {
+                XCTAssertEqual(drawn, [(steps - 1) / 2])
+            } else {
+                XCTAssertEqual(Set(drawn).count, records, "\(records)/\(steps): distinct steps")
+                XCTAssertEqual(drawn.first, 0); XCTAssertEqual(drawn.last, steps - 1)
+                let gaps = zip(drawn.dropFirst(), drawn).map { $0 - $1 }
+                let ideal = Double(steps - 1) / Double(records - 1)
+                XCTAssertTrue(gaps.allSatisfy { Double($0) >= ideal.rounded(.down) && Double($0) <= ideal.rounded(.up) }, "\(records)/\(steps): gaps \(gaps)")
+            }
+        }
+        // Through collect: 3 records over a 10-step schedule see its first, middle and last timestep, both halves.
+        let m = try QFixtures.load("cond_attn_28")
+        var o = QFixtures.tinyOptions()
+        o.settings.steps = 10; o.samples = 3; o.trajectories = 2
+        let c = try CalibrationSet.collect(model: m, options: o)
+        let ts = try Sampler.makeScheduler(o.settings, config: m.scheduler).timesteps.map(Float.init)
+        XCTAssertEqual(Array(c.timesteps[0..<3]), [ts[0], ts[5], ts[9]])
+        XCTAssertEqual(Array(c.timesteps[3..<6]), [ts[0], ts[5], ts[9]], "the conditional half sees the same steps")
+    }
+
     func testUnconditionalRecordsAndProgress() throws {
         let m = try QFixtures.load("uncond_plain_16")
         var o = QFixtures.tinyOptions()

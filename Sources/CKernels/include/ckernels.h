@@ -1,0 +1,64 @@
+//===--- ckernels.h - memory-bound fp32/u8 kernels, one body per x86 ISA ------===//
+//
+// The loops oneDNN does not cover (SiLU, GroupNorm's sums and affine pass, softmax rows,
+// elementwise adds, the activation quantizer), written once over 16-lane clang vectors
+// (body.inc) and compiled three times: for x86-64 baseline (SSE2), AVX2+FMA and AVX-512.
+// The variant is chosen at run time from CPUID, so a plain `swift build -c release` is as fast
+// as a build for the host CPU, and a package that depends on us gets the same speed.
+//
+// Every variant computes bit-identical results: the same operations in the same order, no FMA
+// contraction (`#pragma clang fp contract(off)`), rounding by the same magic-number add. The
+// tests run each variant the machine supports against the plain references in Swift
+// (`TensorCore.Reference`) and against each other.
+//
+// `PTQD_MAX_ISA=generic|avx2|avx512` in the environment caps the choice (like oneDNN's
+// ONEDNN_MAX_CPU_ISA); `ptqd_isa_set` changes it at run time (tests).
+//
+//===----------------------------------------------------------------------===//
+#ifndef PTQD_CKERNELS_H
+#define PTQD_CKERNELS_H
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Instruction-set levels of the kernel variants.
+enum { PTQD_ISA_GENERIC = 0, PTQD_ISA_AVX2 = 1, PTQD_ISA_AVX512 = 2 };
+
+/// Whether this CPU can run variant `isa` (AVX2 needs AVX2+FMA; AVX-512 needs F, BW, DQ, VL).
+int ptqd_isa_supported(int isa);
+/// The variant in use: the best supported level, capped by PTQD_MAX_ISA.
+int ptqd_isa_active(void);
+/// Selects variant `isa` if supported (else the best supported level below it); returns the level in use.
+int ptqd_isa_set(int isa);
+/// "generic", "avx2" or "avx512".
+const char *ptqd_isa_name(int isa);
+
+/// x[i] ← x[i]·σ(x[i]), n floats.
+void ptqd_silu_inplace(float *x, long n);
+/// y[i] = exp(x[i]) (Cephes polynomial, inputs clamped to [-87.3, 88.7]; relative error < 2e-7).
+void ptqd_exp(const float *x, float *y, long n);
+/// sum[c] += Σ_p x[p·C + c], sumsq[c] += Σ_p x[p·C + c]², over `pixels` rows of C channels.
+/// Accumulates in float over the rows given (callers pass blocks of ≤ 64 rows and fold into double).
+void ptqd_channel_sums(const float *x, long pixels, long channels, float *sum, float *sumsq);
+/// dst[p·C + c] = src[p·C + c]·scale[c] + shift[c], then SiLU if `silu`; dst may equal src.
+void ptqd_channel_affine(const float *src, float *dst, long pixels, long channels,
+                         const float *scale, const float *shift, int silu);
+/// One row of softmax(scale·x) in place (scale > 0): exp(scale·x − scale·max) / Σ.
+void ptqd_softmax_row(float *row, long n, float scale);
+/// dst[i] = a[i] + b[i]·scale (dst may alias a or b).
+void ptqd_add_scaled(float *dst, const float *a, const float *b, long n, float scale);
+/// dst[i] = (a[i] + b[i]) / divisor (dst may alias a or b); divisor 1 skips the division.
+void ptqd_residual(float *dst, const float *a, const float *b, long n, float divisor);
+/// x[i] ← x[i]·s.
+void ptqd_scale(float *x, long n, float s);
+/// dst[i] = clamp(round_half_even(x[i]·inv) + z, 0, hi) as u8 (z, hi integers in 0...255).
+void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, float hi);
+/// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
+void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

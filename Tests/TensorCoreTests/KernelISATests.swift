@@ -1,0 +1,98 @@
+import TensorCore
+import XCTest
+
+/// The C kernels exist per ISA (generic x86-64, AVX2, AVX-512). On every variant this CPU supports:
+/// each kernel against its plain reference (same tolerances as KernelTests), and every variant
+/// bit-identical to the generic one (same operations in the same order, no FMA contraction).
+final class KernelISATests: XCTestCase {
+    override class func setUp() {
+        DNNL.setThreads(2)
+        print("[kernel-isa] supported: \(KernelISA.supported.map(\.description).joined(separator: ", ")); active: \(KernelISA.active); oneDNN: \(DNNL.isa.name)")
+    }
+
+    func random(_ shape: [Int], seed: UInt64, scale: Float = 1, offset: Float = 0) -> Tensor {
+        var s = seed &* 6364136223846793005 &+ 1442695040888963407
+        let t = Tensor(shape: shape)
+        for i in 0..<t.count {
+            s = s &* 6364136223846793005 &+ 1442695040888963407
+            t.data[i] = (Float(s >> 40) / Float(1 << 24) * 2 - 1) * scale + offset
+        }
+        return t
+    }
+
+    /// Every kernel's output for fixed inputs, as one list of arrays (sizes with 16-lane tails, threaded sizes).
+    func outputs() -> [[Float]] {
+        var out: [[Float]] = []
+        for (c, groups) in [(12, 4), (40, 5), (64, 8)] {
+            let x = random([2, 9, 10, c], seed: UInt64(c), scale: 3, offset: 1)
+            let gamma = random([c], seed: 1).array, beta = random([c], seed: 2).array
+            let pre = random([2, c], seed: 3)
+            for silu in [false, true] {
+                out.append(Ops.groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, preAdd: pre, silu: silu).array)
+            }
+            let t = random([2, 2 * c], seed: 4)
+            let y = x.copy(); Ops.scaleShiftInPlace(y, t, silu: true); out.append(y.array)
+        }
+        let s = random([5, 77], seed: 5, scale: 20)
+        Ops.softmaxRowsInPlace(s.data, rows: 5, length: 77, scale: 0.125)
+        out.append(s.array)
+        for count in [13, 16 * 2048 * 2 + 7] {
+            let a = random([count], seed: 6, scale: 30), b = random([count], seed: 7)
+            out.append(Ops.silu(a).array)
+            out.append(Ops.residual(a, b, divisor: 1.4142135).array)
+            out.append(Ops.residual(a, b, divisor: 1).array)
+            let added = a.copy(); Ops.addInPlace(added, b, scale: 0.5); out.append(added.array)
+            let scaled = a.copy(); Ops.scaleInPlace(scaled, -3); out.append(scaled.array)
+            out.append(FastMath.exp(a.array))
+        }
+        for bits in [4, 8] {
+            let q = ActivationQuantization(lo: -1.3, hi: 2.9, bits: bits)!
+            var values: [Float] = (0..<203).map { i in Float(i) * 0.037 - 3 }
+            values += (-8...300).map { k in (Float(k) + 0.5 - Float(q.zeroPoint)) * q.scale }
+            var ints = [UInt8](repeating: 0, count: values.count)
+            values.withUnsafeBufferPointer { src in ints.withUnsafeMutableBufferPointer { q.quantize(src.baseAddress!, $0.baseAddress!, count: values.count) } }
+            out.append(ints.map(Float.init))
+            let fake = ActivationQuantization.fakeQuantize(Tensor(shape: [values.count, 1], values: values), parts: [(0..<1, q)])
+            out.append(fake.array)
+            XCTAssertEqual(ints, values.map(q.referenceLevel), "\(KernelISA.active) quantizer vs referenceLevel, \(bits) bits")
+        }
+        return out
+    }
+
+    func testEveryVariantMatchesReferenceAndGeneric() {
+        let generic = KernelISA.with(.generic) { outputs() }
+        for isa in KernelISA.supported {
+            KernelISA.with(isa) {
+                XCTAssertEqual(KernelISA.active, isa)
+                let got = outputs()
+                XCTAssertEqual(got.count, generic.count)
+                for (i, (a, b)) in zip(got, generic).enumerated() {
+                    XCTAssertTrue(a.elementsEqual(b, by: { $0.bitPattern == $1.bitPattern }), "\(isa): output \(i) differs from the generic variant")
+                }
+                // Against the plain references.
+                let x = random([3, 9, 10, 40], seed: 9, scale: 3, offset: 2)
+                let gamma = random([40], seed: 8).array, beta = random([40], seed: 9).array
+                let pre = random([3, 40], seed: 10)
+                let gn = Ops.groupNorm(x, groups: 5, gamma: gamma, beta: beta, eps: 1e-5, preAdd: pre, silu: true)
+                XCTAssertLessThanOrEqual(relativeError(gn.array, Reference.groupNorm(x, groups: 5, gamma: gamma, beta: beta, eps: 1e-5, preAdd: pre, silu: true).array), 2e-5, "\(isa) GroupNorm")
+                let s = random([7, 37], seed: 11, scale: 20)
+                let fast = s.copy(); Ops.softmaxRowsInPlace(fast.data, rows: 7, length: 37, scale: 0.3)
+                XCTAssertLessThanOrEqual(relativeError(fast.array, Reference.softmaxRows(s.array, rows: 7, length: 37, scale: 0.3)), 1e-5, "\(isa) softmax")
+                let y = random([1000], seed: 12, scale: 30)
+                XCTAssertLessThanOrEqual(relativeError(Ops.silu(y).array, Reference.silu(y).array), 1e-6, "\(isa) SiLU")
+                for (v, e) in zip(y.array, FastMath.exp(y.array)) {
+                    XCTAssertEqual(e, expReference(v), accuracy: expReference(v) * 3e-7, "\(isa) exp(\(v))")
+                }
+            }
+        }
+    }
+
+    func testUnsupportedLevelFallsBack() {
+        let saved = KernelISA.active
+        defer { KernelISA.active = saved }
+        KernelISA.active = .avx512
+        XCTAssertEqual(KernelISA.active, KernelISA.supported.last!, "asking for the top level gives the best supported one")
+        KernelISA.active = .generic
+        XCTAssertEqual(KernelISA.active, .generic)
+    }
+}
