@@ -1,8 +1,12 @@
 #!/usr/bin/env python3
 """Sample the exported class-conditional latent-diffusion folder (models/fmnist-ldm) the diffusers way.
 
-Reference tool (conformance fixtures for the Swift implementation): plain diffusers modules with their
-default attention processors, no training-time shortcuts.
+Reference tool (conformance fixtures for the Swift implementation): plain diffusers modules, no training-time
+shortcuts. One exception: every Attention gets tools/torch_attention.py's BmmAttnProcessor, which is
+diffusers' AttnProcessor math with bmm(q, k^T) * scale in place of baddbmm(torch.empty(..), q, k^T, beta=0):
+Debian's CPU torch 1.13 lets NaNs from that uninitialized buffer through for some shapes (the 1-token class
+context among them), so the default processor gives sporadic NaN samples. Outputs equal the default
+processor's where it is finite (checked: max difference 0.0).
 
   noise x_T [n, C, h, w]  (from --noise FILE's tensor `noise`, else torch.randn with --seed)
   context  = class_embedder(cat([null, labels]))            [2n, 1, D]   (null class = config null_class)
@@ -29,6 +33,9 @@ from safetensors.torch import load_file, save_file
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from torch_attention import install_bmm_attention  # noqa: E402
+
 
 class ClassEmbedder(torch.nn.Module):
     """LDM's ClassEmbedder: nn.Embedding(num_classes, embed_dim) -> one-token context [N, 1, embed_dim]."""
@@ -43,8 +50,8 @@ class ClassEmbedder(torch.nn.Module):
 
 def load_pipeline(model):
     """-> (unet, class_embedder, vqvae, class_embedder config), all in eval mode."""
-    unet = UNet2DConditionModel.from_pretrained(os.path.join(model, "unet")).eval()
-    vqvae = VQModel.from_pretrained(os.path.join(model, "vqvae")).eval()
+    unet = install_bmm_attention(UNet2DConditionModel.from_pretrained(os.path.join(model, "unet")).eval())
+    vqvae = install_bmm_attention(VQModel.from_pretrained(os.path.join(model, "vqvae")).eval())
     with open(os.path.join(model, "class_embedder", "config.json")) as f:
         cfg = json.load(f)
     emb = ClassEmbedder(cfg["num_classes"], cfg["embed_dim"]).eval()
@@ -124,7 +131,6 @@ def main():
                     guidance=str(args.guidance), seed=str(args.seed), script="tools/sample_ldm.py")
         save_file(tensors, args.out, metadata=meta)
     if args.png:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from train_ddpm import save_grid
         nrow = 10 if not args.labels and n % 10 == 0 else max(1, round(n ** 0.5))
         save_grid(samples, args.png, nrow=nrow)

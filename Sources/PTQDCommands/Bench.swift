@@ -12,7 +12,9 @@ struct Bench: ParsableCommand {
         abstract: "Measure UNet forward throughput (images/s) and conv efficiency; optionally next to PyTorch in the same run.",
         discussion: """
         Timing: median of repeated forwards after warm-up. Conv efficiency = conv FLOPs (2·MACs, padded taps) /
-        time inside conv kernels / (--peak-gflops-per-thread × threads). The PyTorch peer runs
+        time inside conv kernels / this machine's peak, measured in the same run by timing the instruction mix
+        oneDNN uses on this CPU on every thread at once (FMA for fp32; vpmaddubsw, VNNI vpdpbusd or AMX tdpbusd
+        for int8), never derived from the /proc/cpuinfo clock (the base clock on these VMs). The PyTorch peer runs
         tools/bench_torch.py with the same weights and thread count, with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
         removed from its environment only.
         """)
@@ -21,8 +23,6 @@ struct Bench: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @Option(help: "comma-separated batch sizes") var batches: String = "1,16,64"
     @Option(help: "minimum timed seconds per measurement") var seconds: Double = 3
-    @Option(help: "fp32 peak GFLOP/s of one core (default: oneDNN's ISA FLOPs/cycle × the clock from /proc/cpuinfo; Zen 5 AVX-512 at 4.2 GHz ≈ 266)")
-    var peakGflopsPerThread: Double?
     @Option(help: "python with torch + diffusers for the PyTorch peer ('' to skip)") var torchPython: String = ".venv-tools/bin/python"
     @Option(help: "PyTorch layout(s): nchw, channels_last or both") var torchLayout: String = "nchw"
     @Option(help: "write the results as JSON here") var json: String?
@@ -40,26 +40,27 @@ struct Bench: ParsableCommand {
             return b
         }
         let costs = try LayerCosts.measure(unet)
-        let isa = DNNL.isa
-        let clock = Self.cpuGHz()
-        let peakPerThread = peakGflopsPerThread ?? Double(isa.fp32FlopsPerCycle) * clock
-        print(String(format: "cpu: oneDNN ISA %@ (%d fp32 FLOP/cycle/core), clock %.2f GHz (/proc/cpuinfo) → nominal fp32 peak %.0f GFLOP/s per thread%@",
-                     isa.name, isa.fp32FlopsPerCycle, clock, peakPerThread, peakGflopsPerThread == nil ? "" : " (given)"))
+        let peaks = Self.measurePeaks(threads: runtime.threads)
+        print("cpu: \(Self.cpuModel()); oneDNN ISA \(DNNL.isaName)\(DNNL.hasVNNI ? "" : " (no VNNI: 8-bit weights run as hi+lo halves)"); our kernels \(KernelISA.active)")
+        print("measured peak on \(runtime.threads) threads: " + peaks.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
         let gmac = Double(costs.totalMACs) / 1e9
         print(String(format: "model %@: %.2f M params, %.3f GMAC/image (conv %.3f), %d threads, oneDNN %@",
                      path, Double(costs.parameters) / 1e6, gmac, Double(costs.convMACs) / 1e9, runtime.threads, DNNL.version))
         var ours: [[String: Any]] = []
         for b in bs {
             let r = try measure(unet, batch: b, cfg: cfg, convMACs: costs.convMACs)
-            let eff = r.convGflops / (peakPerThread * Double(runtime.threads))
-            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of fp32 peak",
+            let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
+            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of measured fp32 peak",
                          b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff))
             ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
                          "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff])
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
-                                     "onednn": DNNL.version, "isa": isa.name, "clock_ghz": clock,
-                                     "peak_gflops": peakPerThread * Double(runtime.threads)]
+                                     "onednn": DNNL.version, "isa": DNNL.isaName, "kernel_isa": KernelISA.active.description,
+                                     "cpu": Self.cpuModel(),
+                                     "measured_peaks_gops": Dictionary(uniqueKeysWithValues: peaks.all.map { ($0.0.description, $0.1) })]
+        if let p = peaks.fp32 { report["fp32_peak_gflops"] = p }
+        if let p = peaks.int8 { report["int8_peak_gops"] = p }
         if let files = quantizedFiles {
             var qrows: [[String: Any]] = []
             for f in files.split(separator: ",").map(String.init) {
@@ -77,12 +78,14 @@ struct Bench: ParsableCommand {
                     let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
                     let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv)
                     let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
-                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s  →  %@/fp32 = %.2f×%@",
+                    let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
+                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@",
                                  r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
-                                 q.convGflops, r.label, q.imagesPerSecond / fp,
+                                 q.convGflops, 100 * eff, r.label, q.imagesPerSecond / fp,
                                  dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : ""))
                     qrows.append(["file": f, "label": r.label, "batch": b, "images_per_s": q.imagesPerSecond,
-                                  "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp])
+                                  "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp,
+                                  "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff])
                 }
             }
             report["quantized"] = qrows
@@ -107,12 +110,19 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// The highest "cpu MHz" in /proc/cpuinfo, in GHz (the VM may report the base clock; boost is higher).
-    static func cpuGHz() -> Double {
-        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return 3.0 }
-        let mhz = text.split(separator: "\n").filter { $0.hasPrefix("cpu MHz") }
-            .compactMap { Double($0.split(separator: ":").last!.trimmingCharacters(in: .whitespaces)) }
-        return (mhz.max() ?? 3000) / 1000
+    /// The CPU's model name from /proc/cpuinfo (e.g. "AMD EPYC 9R45"), for the record.
+    static func cpuModel() -> String {
+        guard let text = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("model name") }) else { return "unknown CPU" }
+        return line.split(separator: ":", maxSplits: 1).last!.trimmingCharacters(in: .whitespaces)
+    }
+
+    /// Every peak mix this CPU runs, measured on all threads, and the ones matching oneDNN's fp32 and int8 kernels.
+    static func measurePeaks(threads: Int) -> (all: [(PeakMix, Double)], fp32: Double?, int8: Double?) {
+        let all = PeakMix.allCases.compactMap { m in PeakThroughput.measure(m, threads: threads).map { (m, $0) } }
+        let match = PeakMix.forOneDNN
+        func rate(_ m: PeakMix?) -> Double? { m.flatMap { m in all.first { $0.0 == m }?.1 } }
+        return (all, rate(match.fp32), rate(match.int8))
     }
 
     struct Result { let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double }

@@ -7,6 +7,7 @@
 //===----------------------------------------------------------------------===//
 
 import CDNNL
+import Foundation
 
 /// A oneDNN call failed: names the call and the status, which is a bug or an unsupported shape.
 public struct DNNLError: Error, CustomStringConvertible {
@@ -68,13 +69,39 @@ public final class DNNL: @unchecked Sendable {
         return "\(v.major).\(v.minor).\(v.patch)"
     }
 
-    /// The instruction set oneDNN dispatches to on this CPU, and its fp32 FLOPs per cycle per core
-    /// (two FMA pipes: AVX-512 = 2·16·2 = 64, AVX2 = 2·8·2 = 32, SSE4.1 = 16).
-    public static var isa: (name: String, fp32FlopsPerCycle: Int) {
-        let v = dnnl_get_effective_cpu_isa().rawValue
-        if v & 0x20 != 0 { return ("avx512", 64) }
-        if v & 0x4 != 0 { return ("avx2", 32) }
-        return ("sse41", 16)
+    /// The instruction set oneDNN dispatches to on this CPU (capped by ONEDNN_MAX_CPU_ISA).
+    public static var isaLevel: ISALevel { ISALevel(rawValue: dnnl_get_effective_cpu_isa().rawValue) }
+
+    /// oneDNN's name for `isaLevel`, e.g. "avx512_core_vnni".
+    public static var isaName: String { isaLevel.description }
+
+    /// oneDNN's CPU ISA levels (`dnnl_cpu_isa_t`; each value's bits contain those of the levels below it).
+    public struct ISALevel: Comparable, CustomStringConvertible, Sendable {
+        public let rawValue: UInt32
+        public init(rawValue: UInt32) { self.rawValue = rawValue }
+        public static let sse41 = ISALevel(rawValue: 0x1), avx2 = ISALevel(rawValue: 0x7), avx2VNNI = ISALevel(rawValue: 0x407)
+        public static let avx512Core = ISALevel(rawValue: 0x27), avx512CoreVNNI = ISALevel(rawValue: 0x67)
+        public static let avx512CoreBF16 = ISALevel(rawValue: 0xe7), avx512CoreAMX = ISALevel(rawValue: 0x3e7)
+        /// Ordered by the bits a level contains (avx2_vnni, a separate branch, sorts between avx2 and avx512_core).
+        public static func < (a: ISALevel, b: ISALevel) -> Bool {
+            func rank(_ l: ISALevel) -> Int {
+                switch l.rawValue { case 0x1: 1; case 0x3: 2; case 0x7: 3; case 0x407: 4; case 0x27: 5; case 0x67: 6; case 0xe7: 7; case 0x3e7: 8; default: 0 }
+            }
+            return rank(a) < rank(b)
+        }
+        public var description: String {
+            switch rawValue {
+            case 0x1: return "sse41"
+            case 0x3: return "avx"
+            case 0x7: return "avx2"
+            case 0x407: return "avx2_vnni"
+            case 0x27: return "avx512_core"
+            case 0x67: return "avx512_core_vnni"
+            case 0xe7: return "avx512_core_bf16"
+            case 0x3e7: return "avx512_core_amx"
+            default: return String(format: "isa 0x%x", rawValue)
+            }
+        }
     }
 
     /// Waits for submitted primitives to finish.

@@ -23,10 +23,7 @@ import CDNNL
 
 extension DNNL {
     /// Whether oneDNN's int8 kernels use VNNI (exact u8·s8 products for any s8 weight).
-    public static var hasVNNI: Bool {
-        let v = dnnl_get_effective_cpu_isa().rawValue
-        return v & 0x40 != 0 || v & 0x400 != 0
-    }
+    public static var hasVNNI: Bool { isaLevel.rawValue & 0x40 != 0 || isaLevel.rawValue & 0x400 != 0 }
 }
 
 /// One input part of an integer layer: a channel range, its quantizer and its integer weights.

@@ -97,11 +97,12 @@ enum IntegerVsSimulate {
     struct Result { var layerMax: Float = 0; var endToEnd: Float = 0; var flips = 0; var file: Float = 0; var fp32: Float? }
 
     @discardableResult
-    static func check(_ c: Context, scheme: String, keep: [KeepEightBit] = KeepEightBit.allCases,
+    static func check(_ c: Context, scheme: String, keep: [KeepEightBit] = KeepEightBit.allCases, weights: WeightMethod = .rtn,
                       file: StaticString = #filePath, line: UInt = #line) throws -> Result {
-        let label = "\(c.name) \(scheme) keep-8bit \(keep.isEmpty ? "none" : keep.map(\.rawValue).joined(separator: ","))"
+        let label = "\(c.name) \(scheme)\(weights == .rtn ? "" : " \(weights.rawValue)") keep-8bit \(keep.isEmpty ? "none" : keep.map(\.rawValue).joined(separator: ","))"
         let policy = PrecisionPolicy(scheme: try LayerPrecision(parsing: scheme), keepEightBit: keep)
-        let run = try QuantizeHelper.run(c.source, policy: policy, options: c.options, calib: c.calib)
+        let run = try QuantizeHelper.run(c.source, policy: policy, options: c.options, calib: c.calib, weights: weights,
+                                         adaRoundIterations: weights == .adaround ? 200 : nil)
 
         // Every weight layer quantized; kept roles at 8 bits; one quantizer per input part.
         XCTAssertEqual(run.records.map(\.name), run.unet.layers.map(\.name), label, file: file, line: line)
@@ -206,6 +207,10 @@ final class IntegerVsSimulateCondAttn28Tests: XCTestCase {
     func ctx() throws -> IntegerVsSimulate.Context { try IntegerVsSimulate.context(Self.model) }
     func testW8A8() throws { try IntegerVsSimulate.check(ctx(), scheme: "w8a8") }
     func testW4A8() throws { try IntegerVsSimulate.check(ctx(), scheme: "w4a8") }
+    /// The demo's recipe (AdaRound weights) and GPTQ through the sequential layer quantizer, integer vs simulated.
+    func testW4A8AdaRoundAndGPTQ() throws {
+        for w in [WeightMethod.adaround, .gptq] { try IntegerVsSimulate.check(ctx(), scheme: "w4a8", weights: w) }
+    }
     func testW4A4() throws { try IntegerVsSimulate.check(ctx(), scheme: "w4a4") }
     func testW4A4KeepNone() throws { try IntegerVsSimulate.check(ctx(), scheme: "w4a4", keep: []) }
     func testWeightOnly() throws {
@@ -213,6 +218,25 @@ final class IntegerVsSimulateCondAttn28Tests: XCTestCase {
             let r = try IntegerVsSimulate.check(ctx(), scheme: s)
             XCTAssertEqual(r.endToEnd, 0, "\(s): weight-only layers run the same fp32 kernel in both modes")
         }
+    }
+
+    /// AdaRound minimizes the layer loss tr(ΔW·H·ΔWᵀ) on calibration inputs, so with the weights quantized alone
+    /// (w4a32) it brings the whole UNet closer to fp32 on in-distribution inputs than round-to-nearest. GPTQ is
+    /// only reported here: on this random fixture it is measured worse than RTN end to end (0.339 vs 0.292);
+    /// its layer objective is checked in WeightRoundingTests.GPTQTests.
+    func testAdaRoundBeatsRoundToNearestOnCalibrationInputs() throws {
+        let c = try ctx()
+        let policy = PrecisionPolicy(scheme: try LayerPrecision(parsing: "w4a32"), keepEightBit: [])
+        var errors: [WeightMethod: Float] = [:]
+        for w in WeightMethod.allCases {
+            let run = try QuantizeHelper.run(c.source, policy: policy, options: c.options, calib: c.calib, weights: w,
+                                             adaRoundIterations: w == .adaround ? 400 : nil)
+            errors[w] = relativeError(try run.unet(c.cx, timesteps: c.ct, condition: c.ccond).array, c.fp32OnCalib.array)
+        }
+        print("[weights] cond_attn_28 w4a32 UNet error vs fp32 on calibration inputs: " +
+              WeightMethod.allCases.map { "\($0.rawValue) \(errors[$0]!)" }.joined(separator: ", "))
+        XCTAssertLessThan(errors[.adaround]!, errors[.rtn]!, "AdaRound")
+        XCTAssertTrue(errors[.gptq]!.isFinite && errors[.gptq]! > 0, "GPTQ")
     }
 }
 

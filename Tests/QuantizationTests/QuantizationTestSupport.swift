@@ -66,10 +66,10 @@ enum QuantizeHelper {
     /// Calibrates (or reuses `calib`), quantizes a fresh copy of the model and returns the records and file info.
     static func run(_ source: DiffusionModel, policy: PrecisionPolicy, options: CalibrationOptions,
                     calib: CalibrationSet? = nil, mode: ExecutionMode = .integer,
-                    range: RangeMethod = .mse) throws -> QuantizedRun {
+                    range: RangeMethod = .mse, weights: WeightMethod = .rtn, adaRoundIterations: Int? = nil) throws -> QuantizedRun {
         let set = try calib ?? CalibrationSet.collect(model: source, options: options)
         let unet = try DiffusionModel.load(source.directory).unet
-        let recipe = QuantizationRecipe(policy: policy, weightMethod: .rtn, rangeMethod: range)
+        let recipe = QuantizationRecipe(policy: policy, weightMethod: weights, rangeMethod: range, adaRoundIterations: adaRoundIterations)
         let records = try LayerQuantizer(unet: unet, recipe: recipe, options: options).run(set, mode: mode)
         let unetText = try String(contentsOfFile: source.unetConfigPath, encoding: .utf8)
         let schedText = try source.schedulerConfigPath.map { try String(contentsOfFile: $0, encoding: .utf8) }

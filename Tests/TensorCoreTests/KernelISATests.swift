@@ -7,7 +7,7 @@ import XCTest
 final class KernelISATests: XCTestCase {
     override class func setUp() {
         DNNL.setThreads(2)
-        print("[kernel-isa] supported: \(KernelISA.supported.map(\.description).joined(separator: ", ")); active: \(KernelISA.active); oneDNN: \(DNNL.isa.name)")
+        print("[kernel-isa] supported: \(KernelISA.supported.map(\.description).joined(separator: ", ")); active: \(KernelISA.active); oneDNN: \(DNNL.isaName)\(DNNL.hasVNNI ? " (VNNI: 8-bit weights run directly)" : " (no VNNI: 8-bit weights run as hi+lo halves)")")
     }
 
     func random(_ shape: [Int], seed: UInt64, scale: Float = 1, offset: Float = 0) -> Tensor {

@@ -58,6 +58,25 @@ void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, 
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 
+// MARK: - Peak-throughput microbenchmarks (peak.c)
+
+/// Instruction mixes timed by `ptqd bench` to measure this machine's peak (never derived from a clock).
+enum {
+    PTQD_PEAK_FP32_AVX2 = 0,     ///< vfmadd231ps ymm, 12 independent chains: 16 FLOP per instruction
+    PTQD_PEAK_FP32_AVX512 = 1,   ///< vfmadd231ps zmm, 24 chains: 32 FLOP per instruction
+    PTQD_PEAK_INT8_AVX2 = 2,     ///< vpmaddubsw + vpmaddwd + vpaddd ymm (oneDNN's int8 path without VNNI): 64 OP per triple
+    PTQD_PEAK_INT8_AVX512 = 3,   ///< the same on zmm (AVX-512BW without VNNI): 128 OP per triple
+    PTQD_PEAK_INT8_VNNI512 = 4,  ///< vpdpbusd zmm (AVX512-VNNI), 24 chains: 128 OP (64 MAC) per instruction
+    PTQD_PEAK_INT8_AMX = 5,      ///< tdpbusd (AMX-INT8), 4 independent tile accumulators: 32768 OP (16·16·64 MAC) per instruction
+    PTQD_PEAK_COUNT = 6
+};
+/// Whether this CPU can run mix `kind`.
+int ptqd_peak_supported(int kind);
+/// Operations (FLOP or integer OP, 2 per multiply-add) one iteration of mix `kind` performs.
+long ptqd_peak_ops_per_iteration(int kind);
+/// Runs `iterations` iterations of mix `kind` on the calling thread; returns a value that depends on every result.
+float ptqd_peak_run(int kind, long iterations);
+
 #ifdef __cplusplus
 }
 #endif
