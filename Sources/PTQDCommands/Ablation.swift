@@ -26,6 +26,8 @@ struct Ablation: ParsableCommand {
     @Option(name: .customLong("stats-trajectories"), help: "trajectories for the correction statistics") var statsTrajectories: Int = 256
     @Option(help: "random seed") var seed: UInt64 = 0
     @Option(help: "output folder") var out: String = "out/ablation"
+    @Flag(name: .customLong("keep-negative-k"), help: "fit k_t without PTQD's clamp at 0 (a separate file, rows marked 'k unclamped'): does the clamp throw signal away?")
+    var keepNegativeK = false
     @Flag(help: "reuse OUT/<scheme>.safetensors if it exists") var reuse = false
     @Flag(help: "no progress on stderr") var quiet = false
 
@@ -44,10 +46,11 @@ struct Ablation: ParsableCommand {
         let modelArgs = model.model.map { ["--model", $0] } ?? []
         let common = ["--threads", "\(runtime.threads)"] + (quiet ? ["--quiet"] : [])
         let isMixed = scheme.contains(":")
-        let file = base.appendingPathComponent("\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(setting.rawValue).safetensors").path
+        let file = base.appendingPathComponent("\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(setting.rawValue)\(keepNegativeK ? "-negk" : "").safetensors").path
         var quantizeArgs = modelArgs + (isMixed ? ["--scheme", String(scheme.split(separator: ":")[1]), "--mixed", scheme] : ["--scheme", scheme])
         quantizeArgs += ["--weights", weights.rawValue, "--setting", setting.rawValue, "--calib", "\(calib)",
                          "--stats-trajectories", "\(statsTrajectories)", "--correct", "ptqd", "--seed", "\(seed)", "--out", file] + common
+        if keepNegativeK { quantizeArgs.append("--keep-negative-k") }
         if !(reuse && FileManager.default.fileExists(atPath: file)) {
             note("ablation: ptqd quantize \(quantizeArgs.joined(separator: " "))")
             let q = try Quantize.parse(quantizeArgs)
@@ -56,7 +59,7 @@ struct Ablation: ParsableCommand {
         let evalBase = modelArgs + ["--setting", setting.rawValue, "--n", "\(n)", "--seed", "\(seed)",
                                     "--fp-cache", base.appendingPathComponent("fp32-samples-\(setting.rawValue)-n\(n).safetensors").path,
                                     "--reference-cache", base.appendingPathComponent("reference-stats.safetensors").path] + common
-        let label = isMixed ? "\(scheme) mixed" : scheme
+        let label = (isMixed ? "\(scheme) mixed" : scheme) + (keepNegativeK ? " (k unclamped)" : "")
         var rows = [
             Row(name: "\(label) baseline", args: ["--quantized", file, "--no-correct"], report: nil),
             Row(name: "\(label) +CNC", args: ["--quantized", file, "--components", "cnc"], report: nil),
@@ -67,7 +70,7 @@ struct Ablation: ParsableCommand {
         var fpReport: EvaluationReport? = nil
         var commands: [String] = []
         for i in rows.indices {
-            let dir = base.appendingPathComponent("row\(i)").path
+            let dir = base.appendingPathComponent("row\(i)\(keepNegativeK ? "-negk" : "")").path
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
@@ -102,12 +105,13 @@ struct Ablation: ParsableCommand {
             md += "\n\nσ_q(t): " + t.sigmaQ.map { String(format: "%.4f", $0) }.joined(separator: " ") + "\n"
             try plots(doc: doc!, names: qm.info.variants.map(\.name), base: base)
         }
-        try md.write(toFile: base.appendingPathComponent("ablation.md").path, atomically: true, encoding: .utf8)
+        let stem = keepNegativeK ? "ablation-negk" : "ablation"
+        try md.write(toFile: base.appendingPathComponent("\(stem).md").path, atomically: true, encoding: .utf8)
         let all = (fpReport.map { [$0] } ?? []) + rows.compactMap(\.report)
         let json = "[\n" + (try all.map { String(decoding: try $0.jsonBytes(), as: UTF8.self) }).joined(separator: ",\n") + "\n]\n"
-        try AtomicFile.write(Array(json.utf8), to: base.appendingPathComponent("ablation.json").path)
+        try AtomicFile.write(Array(json.utf8), to: base.appendingPathComponent("\(stem).json").path)
         print(md)
-        print("wrote \(base.path)/{ablation.md, ablation.json, snr.png, k-sigma.png}")
+        print("wrote \(base.path)/{\(stem).md, \(stem).json, snr.png, k-sigma.png}")
     }
 
     /// SNR^Q per variant vs SNR^F (log scale), and k_t / σ_q per step.
