@@ -7,7 +7,7 @@ SWIFTFLAGS := -c release
 PTQD := .build/release/ptqd
 VENV := .venv-tools
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev dataset-fashion-mnist
+SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev zlib1g-dev dataset-fashion-mnist
 TOOL_PACKAGES := python3-torch python3-venv python3-scipy libopenblas0-pthread
 
 .PHONY: demo test build setup venv fixtures bench train-ddpm clean

@@ -2,14 +2,24 @@
 
 import SafeTensors
 
+/// Old diffusers attention parameter names (query/key/value/proj_attn), accepted as aliases of the current ones.
+public enum LegacyAttentionNames {
+    public static let map: [(current: String, legacy: String)] = [("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")]
+
+    /// Names a file may use for the weight of layer `layer`: the current name, then its legacy alias if it has one.
+    public static func weightKeys(_ layer: String) -> [String] {
+        var keys = ["\(layer).weight"]
+        for (new, old) in map where layer.hasSuffix(".\(new)") { keys.append(String(layer.dropLast(new.count)) + old + ".weight") }
+        return keys
+    }
+}
+
 /// Reads a model's parameters by diffusers name, checks shapes and finiteness, and tracks
 /// which tensors were used so leftovers can be reported as a config/weights mismatch.
 final class WeightStore {
     let file: SafeTensorsFile
     private(set) var used: Set<String> = []
     private(set) var usedElementCount = 0
-    /// Old diffusers attention names accepted as aliases of the current ones.
-    private static let legacy = ["to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"]
 
     /// Tensors supplied from memory instead of the file (e.g. dequantized weights of a quantized model).
     let overrides: [String: [Float]]
@@ -22,7 +32,7 @@ final class WeightStore {
 
     private func resolve(_ name: String) -> String? {
         if file.contains(name) { return name }
-        for (new, old) in Self.legacy where name.contains(".\(new).") {
+        for (new, old) in LegacyAttentionNames.map where name.contains(".\(new).") {
             let alt = name.replacingOccurrences(of: ".\(new).", with: ".\(old).")
             if file.contains(alt) { return alt }
         }

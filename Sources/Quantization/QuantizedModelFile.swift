@@ -93,14 +93,6 @@ enum QuantizedTensorName {
     static let prefix = "ptqd."
 }
 
-/// Names a diffusers file may use for a layer weight (current and legacy attention names).
-func weightKeys(_ layer: String) -> [String] {
-    var keys = ["\(layer).weight"]
-    for (new, old) in ["to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"] where layer.hasSuffix(".\(new)") {
-        keys.append(String(layer.dropLast(new.count)) + old + ".weight")
-    }
-    return keys
-}
 
 /// Reads, validates and instantiates a quantized model file.
 public final class QuantizedModel {
@@ -194,7 +186,7 @@ public final class QuantizedModel {
         var fitted: [String: QuantizedLayer] = [:]
         for l in variants[v] {
             fitted[l.name] = l
-            consumed.formUnion(weightKeys(l.name))
+            consumed.formUnion(LegacyAttentionNames.weightKeys(l.name))
             overrides["\(l.name).weight"] = l.dequantizedWeights()   // fp32 view for the network's bookkeeping
         }
         let unet = try UNet2D(config: unetConfig, weights: file, overrides: overrides, consumedElsewhere: consumed)
@@ -220,7 +212,7 @@ public final class QuantizedModel {
         let src = try SafeTensorsFile(path: source.weightsPath)
         // Drop a layer's fp32 weight only if every variant quantizes it.
         let quantizedEverywhere = variants.map { Set($0.map(\.name)) }.reduce(nil as Set<String>?) { acc, s in acc.map { $0.intersection(s) } ?? s } ?? []
-        let dropped = Set(quantizedEverywhere.flatMap(weightKeys))
+        let dropped = Set(quantizedEverywhere.flatMap(LegacyAttentionNames.weightKeys))
         let encoder = JSONEncoder(); encoder.outputFormatting = [.sortedKeys]
         let json = String(data: try encoder.encode(info), encoding: .utf8)!
         var w = SafeTensorsWriter(metadata: ["ptqd": json, "format": "pt"])

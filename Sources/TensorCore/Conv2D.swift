@@ -70,12 +70,6 @@ public final class FloatConv2D: @unchecked Sendable {
         return y
     }
 
-    /// The oneDNN implementation chosen for input `[n, h, w, C]`.
-    public func implementation(n: Int, h: Int, w: Int) -> String {
-        let key = Key(n: n, h: h, w: w)
-        return (plans[key] ?? makePlan(key)).prim.implementation
-    }
-
     private lazy var biasBuffer: AlignedBuffer? = bias.map(alignedCopy)
 
     private func makePlan(_ key: Key) -> Plan {

@@ -170,12 +170,6 @@ public final class Int8Conv2D: @unchecked Sendable {
         return y
     }
 
-    /// The oneDNN implementation of each part for input `[n, h, w, C]`.
-    public func implementation(n: Int, h: Int, w: Int) -> [String] {
-        let key = Key(n: n, h: h, w: w)
-        return (plans[key] ?? makePlans(key)).map { $0.prim.implementation }
-    }
-
     private func makePlans(_ key: Key) -> [PartPlan] {
         let g = geometry
         let ph = key.h + g.padTop + g.padBottom, pw = key.w + g.padLeft + g.padRight

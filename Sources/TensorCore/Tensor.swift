@@ -106,13 +106,6 @@ public final class Tensor: @unchecked Sendable {
         return t
     }
 
-    /// Largest absolute element (0 for an empty tensor).
-    public var maxAbs: Float {
-        var m: Float = 0
-        for i in 0..<count { m = max(m, abs(data[i])) }
-        return m
-    }
-
     /// True when every element is finite.
     public var isFinite: Bool {
         for i in 0..<count where !data[i].isFinite { return false }
