@@ -29,6 +29,7 @@ struct kernel_table {
     void (*scale)(float *, long, float);
     void (*quantize_u8)(const float *, uint8_t *, long, float, float, float);
     void (*fake_quantize)(float *, long, float, float, float, float);
+    void (*f32_to_bf16)(const float *, uint16_t *, long);
 };
 
 #define TARGET
@@ -108,3 +109,4 @@ void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, 
     active->quantize_u8(x, dst, n, inv, z, hi);
 }
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s) { active->fake_quantize(x, n, inv, z, hi, s); }
+void ptqd_f32_to_bf16(const float *x, uint16_t *dst, long n) { active->f32_to_bf16(x, dst, n); }

@@ -17,6 +17,8 @@ public protocol WeightLayerKernel: AnyObject {
 
 extension FloatConv2D: WeightLayerKernel {}
 extension FloatLinear: WeightLayerKernel {}
+extension BF16Conv2D: WeightLayerKernel {}
+extension BF16Linear: WeightLayerKernel {}
 
 /// What a weight layer does in the network; quantization policies key on it.
 public enum LayerRole: String, Codable, Sendable, CaseIterable {
@@ -91,6 +93,14 @@ public final class WeightLayer {
         switch kind {
         case let .conv(g): return FloatConv2D(geometry: g, weights: weights, bias: bias)
         case let .linear(i, o): return FloatLinear(inFeatures: i, outFeatures: o, weights: weights, bias: bias)
+        }
+    }
+
+    /// A bf16 kernel for this layer (bf16 weights and inputs, fp32 accumulation; `DNNL.hasBF16` CPUs).
+    public func makeBF16Kernel() -> WeightLayerKernel {
+        switch kind {
+        case let .conv(g): return BF16Conv2D(geometry: g, weights: weights, bias: bias)
+        case let .linear(i, o): return BF16Linear(inFeatures: i, outFeatures: o, weights: weights, bias: bias)
         }
     }
 }

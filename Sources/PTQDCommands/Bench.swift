@@ -61,6 +61,22 @@ struct Bench: ParsableCommand {
                                      "measured_peaks_gops": Dictionary(uniqueKeysWithValues: peaks.all.map { ($0.0.description, $0.1) })]
         if let p = peaks.fp32 { report["fp32_peak_gflops"] = p }
         if let p = peaks.int8 { report["int8_peak_gops"] = p }
+        // bf16 (oneDNN bf16 convolution and matmul, fp32 accumulation): the free alternative where the CPU has it.
+        var bf16ByBatch: [Int: Double] = [:]
+        if DNNL.hasBF16 {
+            let bf = try DiffusionModel.load(path).unet
+            for l in bf.layers { l.kernel = l.makeBF16Kernel() }
+            var rows: [[String: Any]] = []
+            for b in bs {
+                let r = try measure(bf, batch: b, cfg: cfg, convMACs: costs.convMACs)
+                let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
+                bf16ByBatch[b] = r.imagesPerSecond
+                print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×",
+                             b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.imagesPerSecond / fp))
+                rows.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.imagesPerSecond / fp])
+            }
+            report["bf16"] = rows
+        }
         if let files = quantizedFiles {
             var qrows: [[String: Any]] = []
             for f in files.split(separator: ",").map(String.init) {
@@ -83,7 +99,11 @@ struct Bench: ParsableCommand {
                                  r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
                                  q.convGflops, 100 * eff, r.label, q.imagesPerSecond / fp,
                                  dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : ""))
+                    if let bfr = bf16ByBatch[b] {
+                        print(String(format: "                  %@/bf16 = %.2f×", r.label, q.imagesPerSecond / bfr))
+                    }
                     qrows.append(["file": f, "label": r.label, "batch": b, "images_per_s": q.imagesPerSecond,
+                                  "speedup_vs_bf16": bf16ByBatch[b].map { q.imagesPerSecond / $0 } ?? NSNull(),
                                   "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp,
                                   "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff])
                 }

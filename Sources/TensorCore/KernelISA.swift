@@ -45,5 +45,14 @@ public enum FastMath {
     }
 }
 
+extension FastMath {
+    /// Every element rounded to bfloat16 (nearest even; the CKernels conversion the bf16 layers use), as floats.
+    public static func roundedToBF16(_ x: [Float]) -> [Float] {
+        var bits = [UInt16](repeating: 0, count: x.count)
+        x.withUnsafeBufferPointer { s in bits.withUnsafeMutableBufferPointer { d in ptqd_f32_to_bf16(s.baseAddress, d.baseAddress, x.count) } }
+        return bits.map { Float(bitPattern: UInt32($0) << 16) }
+    }
+}
+
 /// Reference exp (libm in Double), for tests.
 public func expReference(_ x: Float) -> Float { Float(Foundation.exp(Double(x))) }

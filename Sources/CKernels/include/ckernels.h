@@ -57,6 +57,8 @@ void ptqd_scale(float *x, long n, float s);
 void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, float hi);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
+/// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
+void ptqd_f32_to_bf16(const float *x, uint16_t *dst, long n);
 
 // MARK: - Peak-throughput microbenchmarks (peak.c)
 
