@@ -172,6 +172,14 @@ public final class UNet2D {
     /// Whether the model needs class labels.
     public var isClassConditional: Bool { config.classEmbedding != .none }
 
+    /// The real (non-null) classes of a class-table model: every `num_class_embeds` entry except the null class
+    /// when it is the table's last entry (10 classes + null class 10, as cin256 and the bundled models); all
+    /// entries otherwise; 0 for a model without a class table. The one definition every caller uses.
+    public func realClassCount(nullClass: Int?) -> Int {
+        guard isClassConditional, let total = config.numClassEmbeds, total > 0 else { return 0 }
+        return (nullClass == total - 1 && total > 1) ? total - 1 : total
+    }
+
     /// One forward pass.
     /// - Parameters:
     ///   - x: `[N, H, W, inChannels]`.

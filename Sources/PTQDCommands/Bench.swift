@@ -163,7 +163,7 @@ struct Bench: ParsableCommand {
         let x = Tensor(shape: [b, cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels])
         gen.fill(x.data, count: x.count)
         let t = (0..<b).map { Float(($0 * 997) % 1000) }
-        let cond: ClassCondition = unet.isClassConditional ? .labels((0..<b).map { $0 % max((cfg.numClassEmbeds ?? 1), 1) }) : .none
+        let cond: ClassCondition = unet.isClassConditional ? .labels((0..<b).map { $0 % max(unet.realClassCount(nullClass: nil), 1) }) : .none
         for _ in 0..<2 { _ = try unet(x, timesteps: t, condition: cond) }
         var times: [Double] = []
         let start = Date()

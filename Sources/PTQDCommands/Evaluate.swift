@@ -90,12 +90,12 @@ struct Evaluate: ParsableCommand {
         if let q, q.scheduler != fp.scheduler {
             throw ValidationError("--quantized \(q.path) carries a different scheduler config than \(fp.path); pass its source model with --model")
         }
-        guard fp.unet.isClassConditional, let table = fp.unet.config.numClassEmbeds else {
+        guard fp.unet.isClassConditional, fp.unet.config.numClassEmbeds != nil else {
             throw ValidationError("evaluate needs a class-conditional model with a class table (equal samples per class)")
         }
         let settings = samplerSettings
         let nullClass = try fp.predictor(settings).nullClass
-        let classes = nullClass == table - 1 ? table - 1 : table
+        let classes = fp.unet.realClassCount(nullClass: nullClass)
         let labels = try balancedLabels(n: n, classes: classes)
         // Load the evaluation side first so a missing dataset fails before sampling.
         let network = try FeatureNetwork(directory: try features ?? BundledModels.path("fmnist-features"))

@@ -135,7 +135,7 @@ struct Quantize: ParsableCommand {
         var so = StatisticsOptions()
         so.trajectories = statsTrajectories; so.batch = min(batch, 64); so.seed = seed
         let cfg = source.unet.config
-        let classes = source.unet.isClassConditional ? max((cfg.numClassEmbeds ?? 1) - (fp.nullClass == (cfg.numClassEmbeds ?? 0) - 1 ? 1 : 0), 1) : 0
+        let classes = source.unet.isClassConditional ? max(source.unet.realClassCount(nullClass: fp.nullClass), 1) : 0
         let steps = scheduler.timesteps.count
         let progress = ProgressReporter(label: "quantize 3/3: noise statistics (\(unets.count) variant\(unets.count > 1 ? "s" : ""))",
                                         total: statsTrajectories * steps, unit: "img·steps", enabled: !quiet)

@@ -106,8 +106,7 @@ struct LabelPlan {
             return
         }
         let total = unet.config.numClassEmbeds ?? 0
-        // Real classes: all table entries except the null class when it is the last one.
-        let real = (nullClass == total - 1 && total > 1) ? total - 1 : total
+        let real = unet.realClassCount(nullClass: nullClass)
         realClasses = real
         if let c = single {
             guard c >= 0 && c < max(total, 1) else { throw ValidationError("--class \(c) is out of range 0..<\(real)") }

@@ -64,7 +64,7 @@ public struct CalibrationSet {
         let steps = scheduler.timesteps.count
         let (h, w, c) = (cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels)
         let per = h * w * c
-        let labels = unet.isClassConditional ? balancedLabels(o.trajectories, classes: realClasses(unet, null: guided.nullClass)) : nil
+        let labels = unet.isClassConditional ? balancedLabels(o.trajectories, classes: unet.realClassCount(nullClass: guided.nullClass)) : nil
         // states[step] = x_t of every trajectory at that step, [T · per]
         var states = [[Float]](repeating: [Float](repeating: 0, count: o.trajectories * per), count: steps)
         let noiseSeed = o.seed ^ 0x00CA_11B7_A710_0000  // calibration noise never equals evaluation noise of the same seed
@@ -119,12 +119,6 @@ public struct CalibrationSet {
         if records >= steps { return r % steps }
         if records == 1 { return (steps - 1) / 2 }
         return (2 * r * (steps - 1) + (records - 1)) / (2 * (records - 1))  // round(r·(steps − 1)/(records − 1))
-    }
-
-    /// Real classes of a class-table model: all entries but a trailing null class.
-    static func realClasses(_ unet: UNet2D, null: Int?) -> Int {
-        let total = unet.config.numClassEmbeds ?? 1
-        return (null == total - 1 && total > 1) ? total - 1 : total
     }
 
     /// `n` labels cycling through `classes` (equal counts when n is a multiple).
