@@ -264,6 +264,9 @@ def cmd_vq(args):
         with torch.no_grad():
             h = vq.encode(x_all[torch.randperm(n)[:512]]).latents.permute(0, 2, 3, 1).reshape(-1, 3)
             vq.quantize.embedding.weight.copy_(h[torch.randperm(len(h))[:n_codes]])
+    state.setdefault("runs", []).append(dict(start_step=state["step"], minutes=args.minutes, total_steps=args.total_steps,
+                                             batch=args.batch, lr=args.lr, gan_weight=args.gan_weight,
+                                             disc_start=args.disc_start, disc_lr=args.disc_lr))
     log = open(os.path.join(work, "train.log"), "a")
     log_line(log, f"vq: {sum(p.numel() for p in vq.parameters())} parameters, batch {args.batch}, lr {args.lr}, "
                   f"codes {n_codes}, threads {torch.get_num_threads()}")
@@ -411,6 +414,8 @@ def cmd_vq_finalize(args):
         quantization_error_rms=(h - codes).pow(2).mean().sqrt().item(),
         eval_seconds=time.time() - t0,
     )
+    if "runs" in ck["state"]:
+        res["runs"] = ck["state"]["runs"]
     out = os.path.join(work, "vqvae")
     vq.save_pretrained(out, safe_serialization=True)
     with open(os.path.join(work, "vq-eval.json"), "w") as f:
@@ -632,8 +637,14 @@ def cmd_export(args):
     rec = dict(
         first_stage=vq_eval,
         first_stage_recipe=dict(model="diffusers VQModel (VQ-f4)", config={k: v for k, v in VQ_CONFIG.items()},
-                                loss="L1 + L2 + VectorQuantizer loss (legacy: commitment 1.0, codebook 0.25)",
-                                optimizer="AdamW lr 1e-3, batch 64, 200-step warm-up, cosine to 10%",
+                                loss="L1 + L2 + VectorQuantizer loss (legacy: commitment 1.0, codebook 0.25); "
+                                     "from the GAN start step on, + hinge patch-GAN generator term x 0.5 x VQGAN's "
+                                     "adaptive weight (PatchDiscriminator, Adam 2e-4 betas 0.5/0.9)",
+                                optimizer="AdamW lr 1e-3, batch 64, 200-step warm-up, cosine to 10% over the planned "
+                                          "steps of each run (see runs)",
+                                runs=vq_eval.get("runs", [dict(start_step=0, total_steps=4000, gan_weight=0),
+                                                          dict(start_step=1391, total_steps=2800, gan_weight=0.5,
+                                                               disc_start=1391)]),
                                 codebook="init from encoder outputs; dead codes re-seeded from the batch",
                                 latents="exactly reparameterized to zero channel mean / unit std; scaling_factor 1.0"),
         denoiser=dict(steps=st["step"], images=st["images"], epochs=st["images"] / 60000, minutes=st["seconds"] / 60),
