@@ -250,7 +250,13 @@ def cmd_vq(args):
         src = VQModel.from_pretrained(os.path.join(args.init_from, "vqvae"))
         vq.load_state_dict(src.state_dict())
         fresh = False
-        print(f"initialized from {args.init_from}/vqvae (optimizer state starts fresh)", file=sys.stderr)
+        prev = os.path.join(args.init_from, "training.json")
+        if os.path.exists(prev):  # continue the step count (LR schedule, GAN start) of the exported first stage
+            with open(prev) as f:
+                t = json.load(f).get("first_stage", {})
+            state.update(step=t.get("step", 0), images=t.get("images", 0), seconds=t.get("minutes", 0) * 60)
+        print(f"initialized from {args.init_from}/vqvae at step {state['step']} (optimizer and discriminator "
+              f"start fresh)", file=sys.stderr)
     if state["rng"] is not None:
         torch.set_rng_state(state["rng"])
     else:
