@@ -20,6 +20,20 @@ func convertToBF16(_ x: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<UInt16
     Parallel.forEachChunk(count, minChunk: 1 << 14) { r in ptqd_f32_to_bf16(x + r.lowerBound, dst + r.lowerBound, r.count) }
 }
 
+/// Rounds `x` to bf16 into a scratch buffer and runs `prim` (a bf16 conv or matmul, weights and bias bound) into fp32 `y`.
+private func executeBF16(_ prim: DNNLPrimitive, src: DNNLMemory, weights: DNNLMemory, dst: DNNLMemory, bias: DNNLMemory?,
+                         x: Tensor, y: Tensor) {
+    let buf = UnsafeMutablePointer<UInt16>.allocate(capacity: x.count)
+    defer { buf.deallocate() }
+    convertToBF16(x.data, buf, count: x.count)
+    src.setHandle(UnsafeMutableRawPointer(buf))
+    dst.setHandle(UnsafeMutableRawPointer(y.data))
+    var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: src.memory), dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: weights.memory),
+                dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: dst.memory)]
+    if let b = bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
+    prim.execute(args)
+}
+
 /// bf16 × bf16 → fp32 convolution, NHWC. x: `[N, H, W, inChannels]` fp32; returns `[N, OH, OW, outChannels]` fp32.
 public final class BF16Conv2D: @unchecked Sendable {
     public let geometry: Conv2DGeometry
@@ -40,15 +54,7 @@ public final class BF16Conv2D: @unchecked Sendable {
         let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
         let plan = plans[key] ?? makePlan(key)
         let y = Tensor(uninitialized: [key.n, g.outHeight(key.h), g.outWidth(key.w), g.outChannels])
-        let src = UnsafeMutablePointer<UInt16>.allocate(capacity: x.count)
-        defer { src.deallocate() }
-        convertToBF16(x.data, src, count: x.count)
-        plan.src.setHandle(UnsafeMutableRawPointer(src))
-        plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
-        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory), dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
-        if let b = plan.bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
-        plan.prim.execute(args)
+        executeBF16(plan.prim, src: plan.src, weights: plan.wei, dst: plan.dst, bias: plan.bias, x: x, y: y)
         return y
     }
 
@@ -97,15 +103,7 @@ public final class BF16Linear: @unchecked Sendable {
         let m = x.count / inFeatures
         let plan = plans[m] ?? makePlan(m)
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
-        let src = UnsafeMutablePointer<UInt16>.allocate(capacity: x.count)
-        defer { src.deallocate() }
-        convertToBF16(x.data, src, count: x.count)
-        plan.src.setHandle(UnsafeMutableRawPointer(src))
-        plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
-        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory), dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
-        if let b = plan.bias { args.append(dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: b.memory)) }
-        plan.prim.execute(args)
+        executeBF16(plan.prim, src: plan.src, weights: plan.wei, dst: plan.dst, bias: plan.bias, x: x, y: y)
         return y
     }
 
