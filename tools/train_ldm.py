@@ -684,6 +684,12 @@ def cmd_export(args):
 def cmd_fid(args):
     """FID (and label agreement of the feature net's classifier) of n samples against the test set."""
     from sample_ldm import load_pipeline, sample
+    tj = os.path.join(args.model, "training.json")
+
+    def exported_step():
+        with open(tj) as f:
+            return json.load(f)["denoiser"]["steps"]
+    step_at_load = exported_step() if args.record else None
     unet, emb, vq, _ = load_pipeline(args.model)
     sched = DDIMScheduler.from_pretrained(os.path.join(args.model, "scheduler"))
     sched.set_timesteps(args.steps)
@@ -706,10 +712,11 @@ def cmd_fid(args):
                label_agreement=(pred == labels).double().mean().item(), seconds=time.time() - t0)
     print(json.dumps(res))
     if args.record:
-        tj = os.path.join(args.model, "training.json")
         with open(tj) as f:
             rec = json.load(f)
-        rec.setdefault("fid", []).append(dict(res, step=rec["denoiser"]["steps"], against="Fashion-MNIST test 10k"))
+        if rec["denoiser"]["steps"] != step_at_load:  # the folder was re-exported while we sampled
+            sys.exit(f"not recorded: {args.model} changed from step {step_at_load} to {rec['denoiser']['steps']}")
+        rec.setdefault("fid", []).append(dict(res, step=step_at_load, against="Fashion-MNIST test 10k"))
         with open(tj, "w") as f:
             json.dump(rec, f, indent=2)
     if args.grid:  # first 100 samples are labels 0..9 repeated: one row per class
