@@ -35,7 +35,7 @@ class CLITestCase: XCTestCase {
     /// Runs `ptqd args…` to completion. stdout and stderr go to files in `tmp` (not pipes), so a
     /// chatty command cannot block on a full pipe buffer while the other stream is being read.
     @discardableResult
-    func run(_ args: [String]) throws -> (code: Int32, out: String, err: String) {
+    func run(_ args: [String], environment: [String: String]? = nil) throws -> (code: Int32, out: String, err: String) {
         let id = UUID().uuidString
         let outURL = tmp.appendingPathComponent(".stdout-\(id)"), errURL = tmp.appendingPathComponent(".stderr-\(id)")
         for u in [outURL, errURL] { _ = FileManager.default.createFile(atPath: u.path, contents: nil) }
@@ -44,6 +44,7 @@ class CLITestCase: XCTestCase {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if let environment { p.environment = environment }
         p.currentDirectoryURL = repo
         p.standardOutput = o; p.standardError = e
         try p.run()
