@@ -6,7 +6,7 @@ let package = Package(
     name: "swift-ptqd",
     products: [
         .executable(name: "ptqd", targets: ["ptqd"]),
-        .library(name: "PTQD", targets: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation", "WeightRounding", "Quantization", "Correction"]),
+        .library(name: "PTQD", targets: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation", "WeightRounding", "Quantization", "Correction", "Pipeline"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -29,8 +29,9 @@ let package = Package(
         .target(name: "WeightRounding", dependencies: ["TensorCore", "CLapack"]),
         .target(name: "Quantization", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "WeightRounding"]),
         .target(name: "Correction", dependencies: ["TensorCore", "Diffusion"]),
+        .target(name: "Pipeline", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "Evaluation", "Quantization", "Correction"]),
         .target(name: "PTQDCommands", dependencies: [
-            "TensorCore", "SafeTensors", "Diffusion", "Evaluation", "Quantization", "Correction",
+            "TensorCore", "SafeTensors", "Diffusion", "Evaluation", "Quantization", "Correction", "Pipeline",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "ptqd", dependencies: ["PTQDCommands"]),
@@ -45,6 +46,7 @@ let package = Package(
         .testTarget(name: "WeightRoundingTests", dependencies: ["WeightRounding", "TensorCore"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Diffusion", "TensorCore", "SafeTensors"]),
         .testTarget(name: "CorrectionTests", dependencies: ["Correction", "Diffusion", "TensorCore"]),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Correction", "Quantization", "Diffusion", "TensorCore", "SafeTensors"]),
         .testTarget(name: "CLITests", dependencies: ["PTQDCommands", "SafeTensors", "TensorCore",
                                                      .product(name: "ArgumentParser", package: "swift-argument-parser")],
                     exclude: ["HelpSnapshots"]),

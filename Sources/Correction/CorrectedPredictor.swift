@@ -26,8 +26,8 @@ public final class CorrectedPredictor: NoisePredictor {
         self.inner = inner; self.table = table; self.settings = settings
     }
 
-    public func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor {
-        let out = try inner.predict(x, timestep: timestep, stepIndex: stepIndex, labels: labels)
+    public func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor {
+        let out = try inner.predict(x, timestep: timestep, stepIndex: stepIndex, conditioning: conditioning)
         guard settings.correctsPrediction else { return out }
         let row = try table.row(forLoopIndex: stepIndex, timestep: timestep)
         return try correct(out, row: row)

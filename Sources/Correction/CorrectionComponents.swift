@@ -59,3 +59,26 @@ public struct CorrectionSettings: Equatable, Hashable, Codable, Sendable {
     /// True when the injected noise std is recalibrated.
     public var calibratesVariance: Bool { components.contains(.vsc) }
 }
+
+extension CorrectionComponents: CustomStringConvertible {
+    /// Parses a comma list of `cnc`, `bias` (or `bc`), `vsc`, or `none`, as `--components` takes it.
+    public init(parsing text: String) throws {
+        var set: CorrectionComponents = []
+        for item in text.split(separator: ",") {
+            switch item.trimmingCharacters(in: .whitespaces).lowercased() {
+            case "cnc": set.insert(.cnc)
+            case "bias", "bc": set.insert(.bias)
+            case "vsc": set.insert(.vsc)
+            case "none": break
+            default: throw CorrectionError.invalid("--components takes a comma list of cnc, bias, vsc (or none), got '\(item)'")
+            }
+        }
+        self = set
+    }
+
+    /// "cnc,bias,vsc" (or "none").
+    public var description: String {
+        let parts = [contains(.cnc) ? "cnc" : nil, contains(.bias) ? "bias" : nil, contains(.vsc) ? "vsc" : nil].compactMap { $0 }
+        return parts.isEmpty ? "none" : parts.joined(separator: ",")
+    }
+}

@@ -81,11 +81,11 @@ public final class SteppedPredictor: NoisePredictor {
     public let predictors: [NoisePredictor]
     public let plan: [Int]
     public init(predictors: [NoisePredictor], plan: [Int]) { self.predictors = predictors; self.plan = plan }
-    public func predict(_ x: TensorCore.Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> TensorCore.Tensor {
+    public func predict(_ x: TensorCore.Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> TensorCore.Tensor {
         guard plan.indices.contains(stepIndex) else {
             throw CorrectionError.invalid("the mixed-precision plan has \(plan.count) steps; sample with that many steps")
         }
-        return try predictors[plan[stepIndex]].predict(x, timestep: timestep, stepIndex: stepIndex, labels: labels)
+        return try predictors[plan[stepIndex]].predict(x, timestep: timestep, stepIndex: stepIndex, conditioning: conditioning)
     }
 }
 

@@ -24,14 +24,15 @@ public struct StatisticsOptions: Codable, Equatable, Sendable {
 public enum StatisticsPass {
     /// Collects noise statistics of each quantized predictor against the FP predictor.
     /// - Parameters:
-    ///   - scheduler: the sampler the statistics are for (its timesteps are the table's rows).
-    ///   - fp / quantized: guided predictors (same guidance scale and null class).
-    ///   - labels: label of trajectory i (nil for unconditional models).
+    ///   - scheduler: the sampler the statistics are for (its timesteps are the table's rows); a multistep solver
+    ///     runs its FP trajectory with its own history, as sampling does.
+    ///   - fp / quantized: guided predictors (same guidance scale and null form).
+    ///   - conditioning: conditioning of trajectories `range`.
     ///   - shape: `[H, W, C]` of one sample.
     ///   - progress: (images·steps done, total).
     /// - Returns: one `NoiseStatistics` per quantized predictor.
     public static func collect(scheduler: DiffusionScheduler, fp: NoisePredictor, quantized: [NoisePredictor],
-                               labels: ((Int) -> Int)?, shape: [Int], options: StatisticsOptions,
+                               conditioning: (Range<Int>) throws -> Conditioning, shape: [Int], options: StatisticsOptions,
                                progress: ((Int, Int) -> Void)? = nil) throws -> [NoiseStatistics] {
         guard options.trajectories >= 1, options.batch >= 1 else {
             throw CorrectionError.invalid("statistics need --stats-trajectories >= 1 and a batch >= 1")
@@ -40,24 +41,22 @@ public enum StatisticsPass {
         let stats = quantized.map { _ in NoiseStatistics(timesteps: scheduler.timesteps, channels: shape[2]) }
         let noiseSeed = options.seed ^ 0x57A7_5000_0000_0000  // distinct from evaluation and calibration noise
         var done = 0
-        for start in stride(from: 0, to: options.trajectories, by: options.batch) {
-            let range = start..<min(start + options.batch, options.trajectories)
-            let noise = BatchNoise(seed: noiseSeed, indices: range)
-            var x = noise.next(shape: [range.count] + shape)
-            let l = labels.map { f in range.map(f) }
-            for (i, t) in scheduler.timesteps.enumerated() {
-                let epsFP = try fp.predict(x, timestep: t, stepIndex: i, labels: l)
+        let sampler = Sampler(scheduler: scheduler, predictor: fp)
+        try sampler.generate(images: 0..<options.trajectories, batch: options.batch, seed: noiseSeed, shape: shape,
+                             conditioning: conditioning, hooks: { range in
+            let c = (try? conditioning(range)) ?? .none
+            return SamplerHooks(modelOutput: { info, x, epsFP in
                 for (s, q) in zip(stats, quantized) {
-                    let epsQ = try q.predict(x, timestep: t, stepIndex: i, labels: l)
-                    guard epsQ.isFinite else { throw CorrectionError.invalid("the quantized model produced NaN/Inf at step \(i) (t = \(t))") }
-                    s.add(index: i, epsFP: epsFP, epsQ: epsQ)
+                    let epsQ = try q.predict(x, timestep: info.timestep, stepIndex: info.index, conditioning: c)
+                    guard epsQ.isFinite else { throw CorrectionError.invalid("the quantized model produced NaN/Inf at step \(info.index) (t = \(info.timestep))") }
+                    s.add(index: info.index, epsFP: epsFP, epsQ: epsQ)
                 }
-                let z = scheduler.injectsNoise(at: i) ? noise.next(shape: x.shape) : nil
-                x = scheduler.step(modelOutput: epsFP, index: i, sample: x, noise: z)
+                return epsFP
+            }, didStep: { _, _ in
                 done += range.count
                 progress?(done, options.trajectories * steps)
-            }
-        }
+            })
+        }, onBatch: { _, _ in })
         return stats
     }
 }

@@ -81,9 +81,6 @@ final class AttentionBlock {
 
     var layers: [WeightLayer] { [toQ, toK, toV, toOut] }
 
-    /// MACs of the two attention matmuls for `tokens` tokens, per image.
-    func matmulMACs(tokens t: Int) -> Int { 2 * heads * t * t * headDim }
-
     func callAsFunction(_ x: Tensor) -> Tensor {
         let (n, hh, ww) = (x.shape[0], x.shape[1], x.shape[2])
         let t = hh * ww, d = headDim, inner = heads * d

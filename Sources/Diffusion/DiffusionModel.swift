@@ -3,14 +3,16 @@
 import Foundation
 import SafeTensors
 
-/// A UNet plus its scheduler config, loaded from a diffusers folder:
+/// A denoising network plus its scheduler config, loaded from a diffusers folder:
 /// `DIR/unet/{config.json, diffusion_pytorch_model.safetensors}` + `DIR/scheduler/scheduler_config.json`,
 /// or a bare `DIR/{config.json, *.safetensors}` (scheduler config beside it, one level up, or defaults).
 public struct DiffusionModel {
     public let directory: String
-    public let unet: UNet2D
+    /// The network (any `DenoiserArchitectures` family, chosen by the config's `_class_name`).
+    public let network: Denoiser
     public let scheduler: SchedulerConfig
-    public let unetConfigPath: String
+    /// The network's `config.json`.
+    public let networkConfigPath: String
     public let weightsPath: String
     /// Where the scheduler config came from (nil = diffusers DDIM defaults).
     public let schedulerConfigPath: String?
@@ -31,16 +33,18 @@ public struct DiffusionModel {
         else { throw ModelError.missingFile(path: base.appendingPathComponent("unet/config.json").path,
                                             hint: "expected the diffusers layout (unet/config.json or config.json)") }
         let configPath = unetDir.appendingPathComponent("config.json").path
-        let config = try UNet2DConfig(path: configPath)
+        guard let configData = fm.contents(atPath: configPath) else {
+            throw ModelError.missingFile(path: configPath, hint: "expected a diffusers config JSON file")
+        }
         let weights = try findWeights(in: unetDir)
         let file = try SafeTensorsFile(path: weights)
-        let unet = try UNet2D(config: config, weights: file)
+        let network = try DenoiserArchitectures.load(configJSON: configData, configFile: configPath, weights: file)
         let candidates = [base.appendingPathComponent("scheduler/scheduler_config.json"),
                           unetDir.appendingPathComponent("scheduler_config.json"),
                           unetDir.deletingLastPathComponent().appendingPathComponent("scheduler/scheduler_config.json")]
         let sched = candidates.first { fm.fileExists(atPath: $0.path) }
         let schedConfig = try sched.map { try SchedulerConfig(path: $0.path) } ?? .ddimDefault
-        return DiffusionModel(directory: path, unet: unet, scheduler: schedConfig, unetConfigPath: configPath,
+        return DiffusionModel(directory: path, network: network, scheduler: schedConfig, networkConfigPath: configPath,
                               weightsPath: weights, schedulerConfigPath: sched?.path)
     }
 

@@ -19,11 +19,40 @@ struct JSONConfig {
     init(data: Data, file: String) throws {
         self.file = file
         let any: Any
-        do { any = try JSONSerialization.jsonObject(with: data) } catch {
+        do { any = try JSONSerialization.jsonObject(with: JSONConfig.quotingNonFiniteLiterals(data)) } catch {
             throw ModelError.invalidJSON(path: file, reason: "not parseable")
         }
         guard let obj = any as? [String: Any] else { throw ModelError.invalidJSON(path: file, reason: "top level is not an object") }
         object = obj
+    }
+
+    /// Python's `json.dumps` writes ±inf and nan as the bare literals `Infinity`, `-Infinity` and `NaN` (diffusers
+    /// saves `lambda_min_clipped: -Infinity` that way); strict JSON has no such literals. Outside strings they become
+    /// the strings "Infinity", "-Infinity", "NaN", which `double(_:)` reads back.
+    static func quotingNonFiniteLiterals(_ data: Data) -> Data {
+        let bytes = [UInt8](data)
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var inString = false, escaped = false, i = 0
+        while i < bytes.count {
+            let b = bytes[i]
+            if inString {
+                out.append(b)
+                if escaped { escaped = false } else if b == UInt8(ascii: "\\") { escaped = true } else if b == UInt8(ascii: "\"") { inString = false }
+                i += 1
+                continue
+            }
+            if b == UInt8(ascii: "\"") { inString = true; out.append(b); i += 1; continue }
+            var matched = false
+            for word in ["-Infinity", "Infinity", "NaN"] {
+                let w = Array(word.utf8)
+                if i + w.count <= bytes.count && Array(bytes[i..<(i + w.count)]) == w {
+                    out += Array("\"\(word)\"".utf8); i += w.count; matched = true; break
+                }
+            }
+            if !matched { out.append(b); i += 1 }
+        }
+        return Data(out)
     }
 
     func has(_ key: String) -> Bool { object[key] != nil }
@@ -56,6 +85,20 @@ struct JSONConfig {
         }
         guard let n = v as? NSNumber, !jsonIsBool(v), n.doubleValue.isFinite else {
             throw ModelError.invalidValue(file: file, field: key, reason: "expected a finite number, got \(v)")
+        }
+        return n.doubleValue
+    }
+
+    /// A number that may be ±infinity (written `Infinity` / `-Infinity` by Python); NaN is an error.
+    mutating func extendedDouble(_ key: String, default d: Double) throws -> Double {
+        read.insert(key)
+        guard let v = object[key], !(v is NSNull) else { return d }
+        if let s = v as? String {
+            if s == "Infinity" { return .infinity }
+            if s == "-Infinity" { return -.infinity }
+        }
+        guard let n = v as? NSNumber, !jsonIsBool(v), !n.doubleValue.isNaN else {
+            throw ModelError.invalidValue(file: file, field: key, reason: "expected a number or -Infinity, got \(v)")
         }
         return n.doubleValue
     }

@@ -32,30 +32,23 @@ public struct LayerCosts: Sendable {
     public var totalMACs: Int { layers.reduce(0) { $0 + $1.macs } }
     public var convMACs: Int { layers.filter { $0.kind == .conv }.reduce(0) { $0 + $1.macs } }
 
-    /// Measures a UNet at its configured sample size.
-    public static func measure(_ unet: UNet2D) throws -> LayerCosts {
-        let cfg = unet.config
+    /// Measures a network at its configured sample size (batch 1, `exampleConditioning`).
+    public static func measure(_ network: Denoiser) throws -> LayerCosts {
         final class Counter: WeightLayerKernel {
             let inner: WeightLayerKernel
             var inputShape: [Int] = []
             init(_ inner: WeightLayerKernel) { self.inner = inner }
             func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
         }
-        let originals = unet.layers.map(\.kernel)
+        let layers = network.layers
+        let originals = layers.map(\.kernel)
         let counters = originals.map(Counter.init)
-        for (l, c) in zip(unet.layers, counters) { l.kernel = c }
-        defer { for (l, k) in zip(unet.layers, originals) { l.kernel = k } }
-        let x = Tensor(shape: [1, cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels])
-        let cond: ClassCondition
-        switch cfg.classEmbedding {
-        case .none: cond = .none
-        case .table, .timestep: cond = .labels([0])
-        case .identity: cond = .embeddings(Tensor(shape: [1, cfg.timeEmbedDim]))
-        }
-        _ = try unet(x, timesteps: [1], condition: cond)
+        for (l, c) in zip(layers, counters) { l.kernel = c }
+        defer { for (l, k) in zip(layers, originals) { l.kernel = k } }
+        _ = try network.forward(Tensor(shape: [1] + network.sampleShape), timesteps: [1], conditioning: network.exampleConditioning(rows: 1))
         var rows: [LayerCost] = []
-        var tokensByQ: [ObjectIdentifier: Int] = [:]
-        for (l, c) in zip(unet.layers, counters) {
+        var tokens: [ObjectIdentifier: Int] = [:]
+        for (l, c) in zip(layers, counters) {
             let params = l.weights.count + (l.bias?.count ?? 0)
             switch l.kind {
             case let .conv(g):
@@ -65,24 +58,19 @@ public struct LayerCosts: Sendable {
                 let m = c.inputShape.reduce(1, *) / i
                 rows.append(LayerCost(name: l.name, kind: .linear, role: l.role, macs: m * i * o, parameters: params,
                                       weights: l.weights.count, outputs: o))
-                tokensByQ[ObjectIdentifier(l)] = m
+                tokens[ObjectIdentifier(l)] = m
             }
         }
-        // Attention matmuls, placed after each block's out projection.
-        for a in unet.attentionBlocks {
-            let t = tokensByQ[ObjectIdentifier(a.toQ)] ?? 0
-            let prefix = String(a.toQ.name.dropLast(".to_q".count))
-            let half = a.matmulMACs(tokens: t) / 2
-            if let idx = rows.firstIndex(where: { $0.name == a.toOut.name }) {
+        // Attention matmuls (QKᵀ and PV: query tokens × key tokens × inner width each), placed before each output projection.
+        for a in network.attentions {
+            let tq = tokens[ObjectIdentifier(a.query)] ?? 0, tk = tokens[ObjectIdentifier(a.key)] ?? 0
+            let prefix = String(a.query.name.dropLast(".to_q".count))
+            let half = tq * tk * a.innerWidth
+            if let idx = rows.firstIndex(where: { $0.name == a.output.name }) {
                 rows.insert(LayerCost(name: "\(prefix).attn_pv", kind: .attentionValues, role: nil, macs: half, parameters: 0), at: idx)
                 rows.insert(LayerCost(name: "\(prefix).attn_qk", kind: .attentionScores, role: nil, macs: half, parameters: 0), at: idx)
             }
         }
-        return LayerCosts(layers: rows, parameters: unet.parameterCount)
+        return LayerCosts(layers: rows, parameters: network.parameterCount)
     }
-}
-
-extension UNet2D {
-    /// Total parameter count (as stored in the weights file).
-    public var parameterCount: Int { parameterTotal }
 }

@@ -1,4 +1,11 @@
-//===--- Sampler.swift - the reverse process with classifier-free guidance -===//
+//===--- Sampler.swift - the one sampling loop, with classifier-free guidance ---===//
+//
+// Every trajectory ptqd runs goes through `Sampler.sample` (one batch) or `Sampler.generate` (n images in
+// batches, per-image noise): `ptqd sample` and `evaluate`, calibration (which observes x_t), the PTQD statistics
+// pass (which evaluates quantized networks on the FP trajectory through the model-output hook) and the ablation.
+// No other code calls a scheduler's `step`.
+//
+//===----------------------------------------------------------------------===//
 
 import Foundation
 import TensorCore
@@ -7,7 +14,7 @@ import TensorCore
 public struct SamplerSettings: Equatable, Sendable, Codable {
     public var kind: SamplerKind
     public var steps: Int
-    /// DDIM's η (ignored by DDPM).
+    /// DDIM's η (ignored by DDPM and DPM-Solver++).
     public var eta: Float
     /// Classifier-free guidance scale s: ε = ε_u + s·(ε_c − ε_u). 1 disables guidance.
     public var guidance: Float
@@ -17,56 +24,46 @@ public struct SamplerSettings: Equatable, Sendable, Codable {
     public init(kind: SamplerKind = .ddim, steps: Int = 20, eta: Float = 0, guidance: Float = 3, nullClass: Int? = nil) {
         self.kind = kind; self.steps = steps; self.eta = eta; self.guidance = guidance; self.nullClass = nullClass
     }
+
+    /// "ddim 20 steps, eta 0.0, guidance 3.0".
+    public var summary: String { "\(kind.rawValue) \(steps) steps, eta \(eta), guidance \(guidance)" }
 }
 
-/// Computes the (guided) noise prediction for a batch at one step. `UNet2D` conforms through
-/// `GuidedUNet`; quantized and mixed-precision models conform too.
+/// Computes the (guided) model output for a batch at one step. `GuidedDenoiser` wraps a network; PTQD's
+/// correction and the mixed-precision switch are predictors wrapping predictors.
 public protocol NoisePredictor: AnyObject {
     /// - x: `[N, H, W, C]`; timestep: the DDPM timestep; stepIndex: loop position (0 = first, noisiest);
-    ///   labels: class labels (nil for unconditional models).
+    ///   conditioning: for the N rows (`.none` for unconditional models).
     /// - Returns: guided model output `[N, H, W, C]`.
-    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor
+    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor
 }
 
-/// A UNet with classifier-free guidance as one batched forward of 2N (unconditional half first).
-public final class GuidedUNet: NoisePredictor {
-    public let unet: UNet2D
+/// A network with classifier-free guidance as one batched forward of 2N rows (unconditional half first).
+public final class GuidedDenoiser: NoisePredictor {
+    public let network: Denoiser
+    /// The guidance scale in effect (1 for unconditional models whatever was asked).
     public let guidance: Float
-    public let nullClass: Int?
+    public let space: ConditioningSpace
 
-    public init(unet: UNet2D, guidance: Float, nullClass: Int?) throws {
-        self.unet = unet
-        self.guidance = guidance
-        switch unet.config.classEmbedding {
-        case let .table(n):
-            let nc = nullClass ?? (n - 1)
-            guard nc >= 0 && nc < n else { throw ModelError.invalidInput("--null-class \(nc) is out of range 0..<\(n)") }
-            self.nullClass = nc
-        case .timestep:
-            if guidance != 1 && nullClass == nil {
-                throw ModelError.invalidInput("this model's class embedding has no table; pass --null-class N for guidance or --guidance 1")
-            }
-            self.nullClass = nullClass
-        case .identity:
-            throw ModelError.invalidInput("class_embed_type 'identity' takes embeddings, not labels; use the library API")
-        case .none:
-            self.nullClass = nil
-        }
+    /// - nullClass: `--null-class` (nil = the model's default); nullContext: `[1, L, D]` for context models.
+    public init(network: Denoiser, guidance: Float, nullClass: Int? = nil, nullContext: Tensor? = nil) throws {
+        self.network = network
+        let g = network.isConditional ? guidance : 1
+        self.guidance = g
+        space = try ConditioningSpace(kind: network.conditioningKind, requestedNullClass: nullClass, nullContext: nullContext, guidance: g)
     }
 
-    public func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor {
+    public var nullClass: Int? { space.nullClass }
+
+    public func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor {
         let n = x.shape[0]
-        guard unet.isClassConditional else {
-            return try unet(x, timesteps: [Float](repeating: Float(timestep), count: n))
-        }
-        guard let labels, labels.count == n else { throw ModelError.invalidInput("class-conditional model needs \(n) labels") }
-        if guidance == 1 {
-            return try unet(x, timesteps: [Float](repeating: Float(timestep), count: n), condition: .labels(labels))
-        }
-        let xx = Tensor.concatenate(batch: [x, x])
-        let out = try unet(xx, timesteps: [Float](repeating: Float(timestep), count: 2 * n),
-                           condition: .labels([Int](repeating: nullClass!, count: n) + labels))
-        return GuidedUNet.combine(out, batch: n, scale: guidance)
+        let ts = [Float](repeating: Float(timestep), count: n)
+        guard network.isConditional else { return try network.forward(x, timesteps: ts, conditioning: .none) }
+        try space.validate(conditioning, rows: n)
+        guard guidance != 1, let null = space.null else { return try network.forward(x, timesteps: ts, conditioning: conditioning) }
+        let both = try Conditioning.concatenate([null.rows(n), conditioning])
+        let out = try network.forward(Tensor.concatenate(batch: [x, x]), timesteps: ts + ts, conditioning: both)
+        return GuidedDenoiser.combine(out, batch: n, scale: guidance)
     }
 
     /// ε_u + s·(ε_c − ε_u) from a `[2N, ...]` output whose first half is unconditional.
@@ -78,6 +75,29 @@ public final class GuidedUNet: NoisePredictor {
             eps.data[i] = u + scale * (c - u)
         }
         return eps
+    }
+}
+
+/// Where a hook is called: loop position, timestep, and the step count.
+public struct SamplerStep {
+    public let index: Int
+    public let timestep: Int
+    public let count: Int
+}
+
+/// Observation and intervention points of the sampling loop (all optional).
+public struct SamplerHooks {
+    /// Sees x_t before the model runs at a step.
+    public var willPredict: ((SamplerStep, Tensor) throws -> Void)?
+    /// Sees (x_t, model output) and returns the output the scheduler will use (return it unchanged to observe).
+    public var modelOutput: ((SamplerStep, Tensor, Tensor) throws -> Tensor)?
+    /// Sees x_{t−1} after the step.
+    public var didStep: ((SamplerStep, Tensor) throws -> Void)?
+
+    public init(willPredict: ((SamplerStep, Tensor) throws -> Void)? = nil,
+                modelOutput: ((SamplerStep, Tensor, Tensor) throws -> Tensor)? = nil,
+                didStep: ((SamplerStep, Tensor) throws -> Void)? = nil) {
+        self.willPredict = willPredict; self.modelOutput = modelOutput; self.didStep = didStep
     }
 }
 
@@ -95,41 +115,64 @@ public struct Sampler {
 
     /// Builds the scheduler named by `settings` over `config`.
     public static func makeScheduler(_ settings: SamplerSettings, config: SchedulerConfig) throws -> DiffusionScheduler {
-        switch settings.kind {
-        case .ddim: return try DDIMScheduler(config: config, steps: settings.steps, eta: settings.eta)
-        case .ddpm: return try DDPMScheduler(config: config, steps: settings.steps)
-        }
+        try Diffusion.makeScheduler(settings.kind, config: config, steps: settings.steps, eta: settings.eta)
     }
 
-    /// Samples a batch.
+    /// Samples one batch.
     /// - Parameters:
     ///   - xT: initial noise `[N, H, W, C]`.
-    ///   - labels: class labels (nil for unconditional models).
+    ///   - conditioning: for the N rows.
     ///   - noise: supplies the standard-normal noise injected at step `index` with the given shape
     ///     (required if the scheduler injects noise), e.g. `BatchNoise.next(shape:)`.
-    ///   - onStep: called after each step with (index, x after the step).
     /// - Returns: the final x_0 (no clamping).
-    public func sample(from xT: Tensor, labels: [Int]?, noise: ((_ index: Int, _ shape: [Int]) -> Tensor)?,
-                       onStep: ((Int, Tensor) -> Void)? = nil) throws -> Tensor {
+    public func sample(from xT: Tensor, conditioning: Conditioning, noise: ((_ index: Int, _ shape: [Int]) -> Tensor)?,
+                       hooks: SamplerHooks = SamplerHooks()) throws -> Tensor {
         var x = xT
+        var state = SchedulerState()
+        let count = scheduler.timesteps.count
         for (i, t) in scheduler.timesteps.enumerated() {
-            let eps = try predictor.predict(x, timestep: t, stepIndex: i, labels: labels)
+            let info = SamplerStep(index: i, timestep: t, count: count)
+            try hooks.willPredict?(info, x)
+            var eps = try predictor.predict(x, timestep: t, stepIndex: i, conditioning: conditioning)
             guard eps.shape == x.shape else {
                 throw ModelError.invalidInput("the model predicts \(eps.shape) for samples of \(x.shape) (NHWC): sampling needs out_channels == in_channels (learned-variance outputs are not supported)")
             }
+            if let replace = hooks.modelOutput { eps = try replace(info, x, eps) }
             var z: Tensor? = nil
             if scheduler.injectsNoise(at: i) {
                 guard let noise else { throw ModelError.invalidInput("this sampler injects noise but no noise source was given") }
                 z = noise(i, x.shape)
                 guard z!.shape == x.shape else { throw ModelError.invalidInput("step noise has shape \(z!.shape), expected \(x.shape)") }
             }
-            if let sigma = noiseScale?(i) {
-                x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z, sigma: sigma)
-            } else {
-                x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z)
-            }
-            onStep?(i, x)
+            let sigma = noiseScale?(i) ?? scheduler.sigma(at: i)
+            x = scheduler.step(modelOutput: eps, index: i, sample: x, noise: z, sigma: sigma, state: &state)
+            try hooks.didStep?(info, x)
         }
         return x
+    }
+
+    /// Samples the images `images` of a run in batches of `batch`, each image's x_T and step noise drawn from its
+    /// own stream (seed, image index), so the results do not depend on the batch size or on where a run resumes.
+    /// - Parameters:
+    ///   - shape: `[H, W, C]` of one sample.
+    ///   - conditioning: the conditioning of the images in a range (absolute image indices).
+    ///   - initialNoise: x_T of the images in a range instead of the stream's first draw (e.g. `--noise FILE`;
+    ///     the streams then supply only the step noise, as before).
+    ///   - hooks: the hooks for the batch holding a range.
+    ///   - onBatch: receives each finished batch (its image range and x_0), in order.
+    public func generate(images: Range<Int>, batch: Int, seed: UInt64, shape: [Int],
+                         conditioning: (Range<Int>) throws -> Conditioning,
+                         initialNoise: ((Range<Int>) throws -> Tensor)? = nil,
+                         hooks: (Range<Int>) -> SamplerHooks = { _ in SamplerHooks() },
+                         onBatch: (Range<Int>, Tensor) throws -> Void) throws {
+        precondition(batch >= 1, "batch must be >= 1")
+        for start in stride(from: images.lowerBound, to: images.upperBound, by: batch) {
+            let range = start..<min(start + batch, images.upperBound)
+            let streams = BatchNoise(seed: seed, indices: range)
+            let xT = try initialNoise?(range) ?? streams.next(shape: [range.count] + shape)
+            let x0 = try sample(from: xT, conditioning: conditioning(range), noise: { _, s in streams.next(shape: s) },
+                                hooks: hooks(range))
+            try onBatch(range, x0)
+        }
     }
 }

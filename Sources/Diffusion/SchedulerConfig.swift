@@ -23,6 +23,8 @@ public struct SchedulerConfig: Equatable, Sendable {
     public var predictionType: Prediction
     public var timestepSpacing: Spacing
     public var varianceType: DDPMVariance
+    /// DPM-Solver settings (`DPMSolverMultistepScheduler` fields; other samplers ignore them).
+    public var dpm = DPMSolverSettings()
 
     /// diffusers' defaults for `DDIMScheduler`.
     public static let ddimDefault = SchedulerConfig(
@@ -80,11 +82,14 @@ public struct SchedulerConfig: Equatable, Sendable {
             throw ModelError.unsupportedValue(file: f, field: "prediction_type", value: pt, supported: "epsilon, sample, v_prediction")
         }
         predictionType = p
-        let sp = try j.string("timestep_spacing", default: "leading") ?? "leading"
+        // diffusers' default differs by class: DPMSolverMultistepScheduler "linspace", DDIM/DDPM "leading".
+        let defaultSpacing = className == "DPMSolverMultistepScheduler" ? "linspace" : "leading"
+        let sp = try j.string("timestep_spacing", default: defaultSpacing) ?? defaultSpacing
         guard let s = Spacing(rawValue: sp) else {
             throw ModelError.unsupportedValue(file: f, field: "timestep_spacing", value: sp, supported: "leading, trailing, linspace")
         }
         timestepSpacing = s
+        dpm = try DPMSolverSettings(&j)
         let vt = try j.string("variance_type", default: "fixed_small") ?? "fixed_small"
         guard let v = DDPMVariance(rawValue: vt) else {
             throw ModelError.unsupportedValue(file: f, field: "variance_type", value: vt, supported: "fixed_small, fixed_small_log, fixed_large")
@@ -98,8 +103,7 @@ public struct SchedulerConfig: Equatable, Sendable {
         }
         // Fields of other schedulers or of thresholding, irrelevant here.
         j.accept(["dynamic_thresholding_ratio", "sample_max_value", "skip_prk_steps", "clip_sample_range", "interpolation_type",
-                  "use_karras_sigmas", "timestep_type", "algorithm_type", "solver_order", "solver_type", "lower_order_final",
-                  "euler_at_final", "use_lu_lambdas", "final_sigmas_type", "lambda_min_clipped", "variance_type"])
+                  "timestep_type", "variance_type"])
         try j.rejectUnknownFields()
         guard numTrainTimesteps >= 1, numTrainTimesteps <= 1_000_000 else {
             throw ModelError.invalidValue(file: f, field: "num_train_timesteps", reason: "must be in 1...1000000")
@@ -139,6 +143,49 @@ public struct SchedulerConfig: Equatable, Sendable {
     public func alphasCumprod() -> [Float] {
         var acc: Float = 1
         return betas().map { b in acc = acc * (1 - b); return acc }
+    }
+}
+
+/// The `DPMSolverMultistepScheduler` fields of a scheduler config (diffusers 0.27.2 defaults). Values the solver
+/// does not implement are kept as read and refused when a DPM-Solver is built from them, so a DDIM run of the same
+/// config is unaffected.
+public struct DPMSolverSettings: Equatable, Sendable {
+    public enum SolverType: String, Sendable { case midpoint, heun }
+    public enum FinalSigmas: String, Sendable { case zero, sigmaMin = "sigma_min" }
+    /// "dpmsolver++" ("deis" is read as dpmsolver++, as diffusers does); others are refused by the solver.
+    public var algorithmType = "dpmsolver++"
+    public var solverOrder = 2
+    public var solverType: SolverType = .midpoint
+    public var lowerOrderFinal = true
+    public var eulerAtFinal = false
+    public var useKarrasSigmas = false
+    public var useLuLambdas = false
+    public var finalSigmasType: FinalSigmas = .zero
+    public var lambdaMinClipped = -Double.infinity
+
+    public init() {}
+
+    init(_ j: inout JSONConfig) throws {
+        let f = j.file
+        let alg = try j.string("algorithm_type", default: "dpmsolver++") ?? "dpmsolver++"
+        algorithmType = alg == "deis" ? "dpmsolver++" : alg
+        solverOrder = try j.int("solver_order", default: 2)
+        let st = try j.string("solver_type", default: "midpoint") ?? "midpoint"
+        switch st {
+        case "midpoint", "logrho", "bh1", "bh2": solverType = .midpoint   // diffusers maps the UniPC/DEIS names to midpoint
+        case "heun": solverType = .heun
+        default: throw ModelError.unsupportedValue(file: f, field: "solver_type", value: st, supported: "midpoint, heun")
+        }
+        lowerOrderFinal = try j.bool("lower_order_final", default: true)
+        eulerAtFinal = try j.bool("euler_at_final", default: false)
+        useKarrasSigmas = try j.bool("use_karras_sigmas", default: false)
+        useLuLambdas = try j.bool("use_lu_lambdas", default: false)
+        let fs = try j.string("final_sigmas_type", default: "zero") ?? "zero"
+        guard let fsv = FinalSigmas(rawValue: fs) else {
+            throw ModelError.unsupportedValue(file: f, field: "final_sigmas_type", value: fs, supported: "zero, sigma_min")
+        }
+        finalSigmasType = fsv
+        lambdaMinClipped = try j.extendedDouble("lambda_min_clipped", default: -.infinity)
     }
 }
 

@@ -1,4 +1,4 @@
-//===--- Schedulers.swift - DDIM and DDPM steps (diffusers 0.27.2) ---------===//
+//===--- Schedulers.swift - the scheduler protocol; DDIM and DDPM (diffusers 0.27.2) ---===//
 //
 // Scalar coefficients are computed in float32 in the same order as diffusers (whose
 // `alphas_cumprod` is a float32 tensor), so trajectories match PyTorch closely.
@@ -10,27 +10,84 @@ import Foundation
 import TensorCore
 
 /// Which sampler to run.
-public enum SamplerKind: String, CaseIterable, Sendable, Codable { case ddim, ddpm }
+public enum SamplerKind: String, CaseIterable, Sendable, Codable {
+    case ddim, ddpm
+    /// DPM-Solver++ (multistep, diffusers `DPMSolverMultistepScheduler` with `algorithm_type` dpmsolver++).
+    case dpmSolverPlusPlus = "dpmsolver++"
+
+    /// The sampler a `scheduler_config.json` names when the user does not choose one: DPM-Solver++ for a
+    /// `DPMSolverMultistepScheduler` config, DDIM for every other class.
+    public static func defaultKind(for config: SchedulerConfig) -> SamplerKind {
+        config.className == "DPMSolverMultistepScheduler" ? .dpmSolverPlusPlus : .ddim
+    }
+}
+
+/// What a scheduler carries from one step of a trajectory batch to the next (a multistep solver's previous
+/// converted model outputs). Single-step schedulers leave it empty. One value per batch of trajectories,
+/// created fresh (`SchedulerState()`) before the first step.
+public struct SchedulerState {
+    /// Converted model outputs of the previous steps, oldest first (at most the solver order).
+    public var history: [Tensor] = []
+    /// Steps taken so far with a lower order than the solver's (diffusers' `lower_order_nums`).
+    public var lowerOrderSteps = 0
+    public init() {}
+}
 
 /// A discretized reverse process: timesteps in sampling order and one update per step.
 public protocol DiffusionScheduler {
     var config: SchedulerConfig { get }
+    var kind: SamplerKind { get }
     /// Timesteps in sampling order (descending).
     var timesteps: [Int] { get }
     /// Whether step `index` injects fresh Gaussian noise.
     func injectsNoise(at index: Int) -> Bool
-    /// x_{t-1} from x_t and the (guided, possibly corrected) model output at loop position `index`.
+    /// x_{t-1} from x_t and the (guided, possibly corrected) model output at loop position `index`, with the
+    /// injected noise's std replaced by `sigma` (PTQD's variance-schedule calibration; `sigma(at: index)` gives
+    /// the plain update bit for bit). `state` carries a multistep solver's history across the steps of one batch.
     /// - noise: `[N, H, W, C]` standard normal, required iff `injectsNoise(at: index)`.
-    func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor
-    /// The same update with the injected noise's std replaced by `sigma` (PTQD's variance-schedule
-    /// calibration). `step(... sigma: sigma(at: index))` is bit-for-bit `step(...)`.
-    func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float) -> Tensor
+    func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float, state: inout SchedulerState) -> Tensor
     /// The std σ_t of the noise step `index` injects (0 where it injects none).
     func sigma(at index: Int) -> Float
-    /// ∂x_prev/∂(model output) per element: the coefficient c_t(σ) with which an error in the model output
+    /// ∂x_prev/∂(model output) per element: the coefficient c_t(σ) with which an error in the current model output
     /// (ε̂, v̂ or x̂₀ per `prediction_type`) reaches x_prev when the update runs with noise std `sigma`.
     /// The update is affine in the output without clipping; with `clip_sample` it holds where x̂₀ is not clipped.
     func outputCoefficient(at index: Int, sigma: Float) -> Float
+}
+
+extension DiffusionScheduler {
+    /// Whether PTQD's variance-schedule calibration can act: only where the sampler injects noise (DDPM, DDIM with
+    /// η > 0). Deterministic samplers (DDIM η = 0, DPM-Solver++) have no noise to shrink. Noise correction (CNC) and
+    /// bias correction act on each model output and apply to every scheduler.
+    public var varianceCalibrationApplies: Bool { timesteps.indices.contains { injectsNoise(at: $0) } }
+
+    /// The plain update (the scheduler's own σ_t).
+    public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, state: inout SchedulerState) -> Tensor {
+        step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index), state: &state)
+    }
+}
+
+/// A scheduler whose update depends only on the current step (DDIM, DDPM): the state is unused.
+public protocol SingleStepScheduler: DiffusionScheduler {
+    func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float) -> Tensor
+}
+
+extension SingleStepScheduler {
+    public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?, sigma: Float, state: inout SchedulerState) -> Tensor {
+        step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma)
+    }
+    /// The plain update, stateless.
+    public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor {
+        step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index))
+    }
+}
+
+/// Builds the scheduler for `kind` over `config`.
+public func makeScheduler(_ kind: SamplerKind, config: SchedulerConfig, steps: Int, eta: Float) throws -> DiffusionScheduler {
+    switch kind {
+    case .ddim: return try DDIMScheduler(config: config, steps: steps, eta: eta)
+    case .ddpm: return try DDPMScheduler(config: config, steps: steps)
+    case .dpmSolverPlusPlus: return try DPMSolverMultistepScheduler(config: config, steps: steps)
+    }
 }
 
 /// Shared schedule arithmetic.
@@ -96,7 +153,8 @@ struct ScheduleCore {
 }
 
 /// DDIM (Song et al.), diffusers `DDIMScheduler.step` with eta and supplied variance noise.
-public struct DDIMScheduler: DiffusionScheduler {
+public struct DDIMScheduler: SingleStepScheduler {
+    public var kind: SamplerKind { .ddim }
     let core: ScheduleCore
     public let eta: Float
     public var config: SchedulerConfig { core.config }
@@ -123,10 +181,6 @@ public struct DDIMScheduler: DiffusionScheduler {
         let (a, ap) = alphas(at: index)
         let variance = ((1 - ap) / (1 - a)) * (1 - a / ap)
         return eta * variance.squareRoot()
-    }
-
-    public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor {
-        step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index))
     }
 
     /// c_t(σ) = √ᾱ_prev·∂x̂0/∂out + √(1−ᾱ_prev−σ²)·∂ε̂/∂out. For epsilon prediction
@@ -161,7 +215,8 @@ public struct DDIMScheduler: DiffusionScheduler {
 }
 
 /// DDPM ancestral sampling, diffusers `DDPMScheduler.step` (any number of inference steps).
-public struct DDPMScheduler: DiffusionScheduler {
+public struct DDPMScheduler: SingleStepScheduler {
+    public var kind: SamplerKind { .ddpm }
     let core: ScheduleCore
     public var config: SchedulerConfig { core.config }
     public var timesteps: [Int] { core.timesteps }
@@ -202,10 +257,6 @@ public struct DDPMScheduler: DiffusionScheduler {
         let curA = a / ap, curB = 1 - curA
         let c0 = (ap.squareRoot() * curB) / b
         return c0 * core.outputDerivatives(sqrtA: a.squareRoot(), sqrtB: b.squareRoot()).x0
-    }
-
-    public func step(modelOutput: Tensor, index: Int, sample: Tensor, noise: Tensor?) -> Tensor {
-        step(modelOutput: modelOutput, index: index, sample: sample, noise: noise, sigma: sigma(at: index))
     }
 
     /// The DDPM update with an explicit noise std (PTQD's calibrated σ′ for DDPM).

@@ -16,8 +16,10 @@ public enum ClassCondition {
 /// diffusers `UNet2DModel` (0.27.2 semantics): ε-, x0- or v-prediction network.
 ///
 /// - input `x`: `[N, H, W, inChannels]` NHWC; timesteps: `[N]`; returns `[N, H, W, outChannels]`.
-public final class UNet2D {
+public final class UNet2D: Denoiser {
     public let config: UNet2DConfig
+    /// The `config.json` text this network was built from ("" when built from a config value).
+    public let configJSON: String
     /// Every Conv2d/Linear, in execution order for one forward.
     public private(set) var layers: [WeightLayer] = []
     let parameterTotal: Int
@@ -40,8 +42,9 @@ public final class UNet2D {
     /// - overrides: parameters supplied from memory instead of `file` (by diffusers name);
     ///   consumedElsewhere: file tensors another loader reads (not an "unexpected tensor" error).
     public init(config: UNet2DConfig, weights file: SafeTensorsFile, overrides: [String: [Float]] = [:],
-                consumedElsewhere: Set<String> = []) throws {
+                consumedElsewhere: Set<String> = [], configJSON: String = "") throws {
         self.config = config
+        self.configJSON = configJSON
         let s = WeightStore(file: file, overrides: overrides, consumedElsewhere: consumedElsewhere)
         let boc = config.blockOutChannels, ted = config.timeEmbedDim
         let groups = config.normNumGroups, eps = config.normEps
@@ -172,14 +175,6 @@ public final class UNet2D {
     /// Whether the model needs class labels.
     public var isClassConditional: Bool { config.classEmbedding != .none }
 
-    /// The real (non-null) classes of a class-table model: every `num_class_embeds` entry except the null class
-    /// when it is the table's last entry (10 classes + null class 10, as cin256 and the bundled models); all
-    /// entries otherwise; 0 for a model without a class table. The one definition every caller uses.
-    public func realClassCount(nullClass: Int?) -> Int {
-        guard isClassConditional, let total = config.numClassEmbeds, total > 0 else { return 0 }
-        return (nullClass == total - 1 && total > 1) ? total - 1 : total
-    }
-
     /// One forward pass.
     /// - Parameters:
     ///   - x: `[N, H, W, inChannels]`.
@@ -265,5 +260,45 @@ public final class UNet2D {
         }
         h = normOut(h, silu: true)
         return convOut(h)
+    }
+}
+
+// MARK: - Denoiser conformance
+
+extension UNet2D {
+    public static let architecture = DenoiserArchitecture(classNames: ["UNet2DModel"]) { json, file, weights, overrides, consumed in
+        try UNet2D(config: try UNet2DConfig(json: json, file: file), weights: weights, overrides: overrides,
+                   consumedElsewhere: consumed, configJSON: String(decoding: json, as: UTF8.self))
+    }
+
+    public var architecture: String { "UNet2DModel" }
+    public var configFingerprint: String { "UNet2DModel|\(config)" }
+    public var sampleShape: [Int] { [config.sampleHeight, config.sampleWidth, config.inChannels] }
+    public var outputChannels: Int { config.outChannels }
+    public var parameterCount: Int { parameterTotal }
+
+    public var conditioningKind: ConditioningKind {
+        switch config.classEmbedding {
+        case .none: return .unconditional
+        case let .table(n): return .classLabels(tableSize: n)
+        case .timestep: return .classLabels(tableSize: nil)
+        case .identity: return .unconditional  // embeddings go through `callAsFunction(_:timesteps:condition:)` only
+        }
+    }
+
+    public var attentions: [AttentionAccounting] {
+        attentionBlocks.map { AttentionAccounting(query: $0.toQ, key: $0.toK, output: $0.toOut, innerWidth: $0.heads * $0.headDim) }
+    }
+
+    public func exampleConditioning(rows: Int) -> Conditioning {
+        isClassConditional ? .classes([Int](repeating: 0, count: rows)) : .none
+    }
+
+    public func forward(_ x: Tensor, timesteps: [Float], conditioning: Conditioning) throws -> Tensor {
+        switch conditioning {
+        case .none: return try self(x, timesteps: timesteps, condition: .none)
+        case let .classes(l): return try self(x, timesteps: timesteps, condition: .labels(l))
+        case .context: throw ModelError.invalidInput("UNet2DModel has no cross-attention: it takes class labels, not a context")
+        }
     }
 }

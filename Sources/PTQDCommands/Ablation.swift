@@ -20,7 +20,7 @@ struct Ablation: ParsableCommand {
     @OptionGroup var runtime: RuntimeOptions
     @Option(help: "scheme to quantize (or CHEAP:STRONG for step-aware mixed precision)") var scheme: String = "w4a8"
     @Option(help: "weight rounding: rtn, adaround or gptq") var weights: WeightMethod = .rtn
-    @Option(help: "A or B") var setting: EvaluationSetting = .B
+    @OptionGroup var sampler: SamplerOptions
     @Option(help: "samples per evaluation (a multiple of the class count)") var n: Int = 1000
     @Option(help: "calibration trajectories") var calib: Int = 128
     @Option(name: .customLong("stats-trajectories"), help: "trajectories for the correction statistics") var statsTrajectories: Int = 256
@@ -46,9 +46,14 @@ struct Ablation: ParsableCommand {
         let modelArgs = model.model.map { ["--model", $0] } ?? []
         let common = ["--threads", "\(runtime.threads)"] + (quiet ? ["--quiet"] : [])
         let isMixed = scheme.contains(":")
-        let file = base.appendingPathComponent("\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(setting.rawValue)\(keepNegativeK ? "-negk" : "").safetensors").path
+        let settings = sampler.settings(for: try model.load().scheduler, default: .B)
+        let setting = sampler.resolvedSetting(default: .B)
+        let samplerArgs = sampler.arguments(default: .B)
+        // The file name says the setting and, when overridden, the sampler actually calibrated for.
+        let tag = setting.rawValue + (sampler.overridden ? "-\(settings.kind.rawValue)\(settings.steps)-eta\(settings.eta)-g\(settings.guidance)" : "")
+        let file = base.appendingPathComponent("\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "").safetensors").path
         var quantizeArgs = modelArgs + (isMixed ? ["--scheme", String(scheme.split(separator: ":")[1]), "--mixed", scheme] : ["--scheme", scheme])
-        quantizeArgs += ["--weights", weights.rawValue, "--setting", setting.rawValue, "--calib", "\(calib)",
+        quantizeArgs += ["--weights", weights.rawValue] + samplerArgs + ["--calib", "\(calib)",
                          "--stats-trajectories", "\(statsTrajectories)", "--correct", "ptqd", "--seed", "\(seed)", "--out", file] + common
         if keepNegativeK { quantizeArgs.append("--keep-negative-k") }
         if !(reuse && FileManager.default.fileExists(atPath: file)) {
@@ -56,8 +61,8 @@ struct Ablation: ParsableCommand {
             let q = try Quantize.parse(quantizeArgs)
             try q.run()
         }
-        let evalBase = modelArgs + ["--setting", setting.rawValue, "--n", "\(n)", "--seed", "\(seed)",
-                                    "--fp-cache", base.appendingPathComponent("fp32-samples-\(setting.rawValue)-n\(n).safetensors").path,
+        let evalBase = modelArgs + samplerArgs + ["--n", "\(n)", "--seed", "\(seed)",
+                                    "--fp-cache", base.appendingPathComponent("fp32-samples-\(tag)-n\(n).safetensors").path,
                                     "--reference-cache", base.appendingPathComponent("reference-stats.safetensors").path] + common
         let label = (isMixed ? "\(scheme) mixed" : scheme) + (keepNegativeK ? " (k unclamped)" : "")
         var rows = [
@@ -84,7 +89,7 @@ struct Ablation: ParsableCommand {
         // Table
         let qm = try QuantizedModel(path: file)
         let doc = try qm.info.attachments[CorrectionDocument.attachmentName].map { try CorrectionDocument(json: $0) }
-        var md = "### Ablation: \(label) (\(weights.rawValue)), setting \(setting.rawValue) (\(setting.settings.kind.rawValue) \(setting.settings.steps) steps, eta \(setting.settings.eta), guidance \(setting.settings.guidance)), n = \(n), seed \(seed)\n\n"
+        var md = "### Ablation: \(label) (\(weights.rawValue)), setting \(setting.rawValue)\(sampler.overridden ? " (overridden)" : "") (\(settings.summary)), n = \(n), seed \(seed)\n\n"
         md += "Quantized with: `ptqd quantize \(quantizeArgs.joined(separator: " "))`\n\n"
         md += "| Row | FID ↓ | IS ↑ | Precision | Recall | PSNR vs FP (mean / p5) | SSIM vs FP (mean / p5) | GBOPs/forward | File MB | images/s |\n|---|---|---|---|---|---|---|---|---|---|\n"
         func line(_ name: String, _ r: EvaluationReport) -> String {
@@ -98,7 +103,11 @@ struct Ablation: ParsableCommand {
         if let fp = fpReport { md += line("fp32", fp) }
         for r in rows { if let rep = r.report { md += line(r.name, rep) } }
         md += "\nCommands (each row alone):\n\n```\n" + commands.joined(separator: "\n") + "\n```\n"
-        if setting.settings.eta == 0 { md += "\nAt eta 0 DDIM injects no noise, so VSC is inactive: the +VSC row equals +CNC+BC.\n" }
+        if let sch = try? Sampler.makeScheduler(settings, config: try model.load().scheduler), !sch.varianceCalibrationApplies {
+            md += settings.kind == .dpmSolverPlusPlus
+                ? "\nDPM-Solver++ is a deterministic ODE solver (no injected noise), so VSC does not apply: the +VSC row equals +CNC+BC.\n"
+                : "\nAt eta 0 DDIM injects no noise, so VSC is inactive: the +VSC row equals +CNC+BC.\n"
+        }
         if let t = doc?.activeTable {
             md += "\nk_t (sampling order): " + t.k.map { String(format: "%.4f", $0) }.joined(separator: " ")
             md += "\n\nk_t before clamping: " + t.kRaw.map { String(format: "%.4f", $0) }.joined(separator: " ")

@@ -4,6 +4,7 @@ import ArgumentParser
 import Diffusion
 import Evaluation
 import Foundation
+import Pipeline
 import Quantization
 import TensorCore
 
@@ -33,8 +34,7 @@ struct Bench: ParsableCommand {
         runtime.apply()
         let path = try model.resolvedPath()
         let m = try DiffusionModel.load(path)
-        let unet = m.unet
-        let cfg = unet.config
+        let unet = m.network
         let bs = try batches.split(separator: ",").map { s -> Int in
             guard let b = Int(s.trimmingCharacters(in: .whitespaces)), b >= 1 else { throw ValidationError("--batches: bad batch size '\(s)'") }
             return b
@@ -48,7 +48,7 @@ struct Bench: ParsableCommand {
                      path, Double(costs.parameters) / 1e6, gmac, Double(costs.convMACs) / 1e9, runtime.threads, DNNL.version))
         var ours: [[String: Any]] = []
         for b in bs {
-            let r = try measure(unet, batch: b, cfg: cfg, convMACs: costs.convMACs)
+            let r = try measure(unet, batch: b, convMACs: costs.convMACs)
             let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
             print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of measured fp32 peak",
                          b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff))
@@ -64,11 +64,11 @@ struct Bench: ParsableCommand {
         // bf16 (oneDNN bf16 convolution and matmul, fp32 accumulation): the free alternative where the CPU has it.
         var bf16ByBatch: [Int: Double] = [:]
         if DNNL.hasBF16 {
-            let bf = try DiffusionModel.load(path).unet
+            let bf = try DiffusionModel.load(path).network
             for l in bf.layers { l.kernel = l.makeBF16Kernel() }
             var rows: [[String: Any]] = []
             for b in bs {
-                let r = try measure(bf, batch: b, cfg: cfg, convMACs: costs.convMACs)
+                let r = try measure(bf, batch: b, convMACs: costs.convMACs)
                 let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                 bf16ByBatch[b] = r.imagesPerSecond
                 print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×",
@@ -80,15 +80,15 @@ struct Bench: ParsableCommand {
         if let files = quantizedFiles {
             var qrows: [[String: Any]] = []
             for f in files.split(separator: ",").map(String.init) {
-                let r = try Runner(quantizedFile: f, mode: .integer)
-                let dup = r.unet.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
+                let r = try PipelineModel(quantizedFile: f, mode: .integer)
+                let dup = r.network.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
                 // Mixed precision: time every variant; throughput = 1 / Σ_v (share of steps_v / images/s_v).
                 let shares: [Double] = {
-                    guard let plan = r.correction?.plan, r.unets.count > 1, !plan.schemes.isEmpty else { return [1] }
-                    return r.unets.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
+                    guard let plan = r.correction?.plan, r.networks.count > 1, !plan.schemes.isEmpty else { return [1] }
+                    return r.networks.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
                 }()
                 for b in bs {
-                    let parts = try zip(r.unets, shares).filter { $0.1 > 0 }.map { try (measure($0.0, batch: b, cfg: cfg, convMACs: costs.convMACs), $0.1) }
+                    let parts = try zip(r.networks, shares).filter { $0.1 > 0 }.map { try (measure($0.0, batch: b, convMACs: costs.convMACs), $0.1) }
                     let perImage = parts.reduce(0.0) { $0 + $1.1 / $1.0.imagesPerSecond }
                     let ms = parts.reduce(0.0) { $0 + $1.1 * $1.0.msPerForward }
                     let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
@@ -148,7 +148,7 @@ struct Bench: ParsableCommand {
     struct Result { let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double }
 
     /// Times UNet forwards at batch `b`; conv time is measured by timing wrappers around conv kernels.
-    func measure(_ unet: UNet2D, batch b: Int, cfg: UNet2DConfig, convMACs: Int) throws -> Result {
+    func measure(_ unet: Denoiser, batch b: Int, convMACs: Int) throws -> Result {
         final class Timed: WeightLayerKernel {
             let inner: WeightLayerKernel; var seconds = 0.0
             init(_ i: WeightLayerKernel) { inner = i }
@@ -160,16 +160,17 @@ struct Bench: ParsableCommand {
             }
         }
         var gen = GaussianStream(seed: 1, index: UInt64(b))
-        let x = Tensor(shape: [b, cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels])
+        let x = Tensor(shape: [b] + unet.sampleShape)
         gen.fill(x.data, count: x.count)
         let t = (0..<b).map { Float(($0 * 997) % 1000) }
-        let cond: ClassCondition = unet.isClassConditional ? .labels((0..<b).map { $0 % max(unet.realClassCount(nullClass: nil), 1) }) : .none
-        for _ in 0..<2 { _ = try unet(x, timesteps: t, condition: cond) }
+        let classes = (try? ConditioningSpace(kind: unet.conditioningKind).realClasses) ?? 0
+        let cond: Conditioning = classes > 0 ? .classes((0..<b).map { $0 % classes }) : unet.exampleConditioning(rows: b)
+        for _ in 0..<2 { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
         var times: [Double] = []
         let start = Date()
         while times.count < 3 || Date().timeIntervalSince(start) < seconds {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try unet(x, timesteps: t, condition: cond)
+            _ = try unet.forward(x, timesteps: t, conditioning: cond)
             times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
         }
         times.sort()
@@ -181,7 +182,7 @@ struct Bench: ParsableCommand {
         for (l, k) in zip(convLayers, timed) { l.kernel = k }
         defer { for (l, k) in zip(convLayers, originals) { l.kernel = k } }
         let reps = max(3, times.count / 2)
-        for _ in 0..<reps { _ = try unet(x, timesteps: t, condition: cond) }
+        for _ in 0..<reps { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
         let convSeconds = timed.reduce(0) { $0 + $1.seconds } / Double(reps)
         return Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
                       convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9)

@@ -22,11 +22,11 @@ struct Inspect: ParsableCommand {
         if isDir.boolValue {
             let m = try DiffusionModel.load(path)
             print("model folder: \(path)")
-            print("unet config: \(m.unetConfigPath)")
-            printConfig(m.unet.config)
+            print("network config: \(m.networkConfigPath) (\(m.network.architecture))")
+            if let u = m.network as? UNet2D { printConfig(u.config) }
             print("scheduler config: \(m.schedulerConfigPath ?? "(none: diffusers DDIM defaults)")")
             printScheduler(m.scheduler)
-            let costs = try LayerCosts.measure(m.unet)
+            let costs = try LayerCosts.measure(m.network)
             print(String(format: "parameters: %d (%.2f M), fp32 size %.2f MB; UNet forward %.3f GMAC per image (attention matmuls included)",
                          costs.parameters, Double(costs.parameters) / 1e6, Double(costs.parameters * 4) / 1e6, Double(costs.totalMACs) / 1e9))
             print("weights: \(m.weightsPath)")
@@ -50,7 +50,7 @@ struct Inspect: ParsableCommand {
         print("calibration: \(c.trajectories) FP trajectories, \(c.samples) records, \(c.settings.kind.rawValue) \(c.settings.steps) steps eta \(c.settings.eta) guidance \(c.settings.guidance), seed \(c.seed), group size \(c.groupSize)")
         let fileBytes = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? 0
         for (v, variant) in info.variants.enumerated() {
-            let unet = try q.makeUNet(variant: v, mode: .integer)
+            let unet = try q.makeNetwork(variant: v, mode: .integer)
             let records = Dictionary(uniqueKeysWithValues: q.variants[v].map { ($0.name, $0) })
             let costs = ModelCosts(try LayerCosts.measure(unet), precisions: records.mapValues(\.precision))
             print("")

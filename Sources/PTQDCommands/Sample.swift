@@ -4,6 +4,7 @@ import ArgumentParser
 import Diffusion
 import Evaluation
 import Foundation
+import Pipeline
 import SafeTensors
 import TensorCore
 
@@ -42,17 +43,13 @@ struct Sample: ParsableCommand {
 
     func run() throws {
         runtime.apply()
-        let runner = try Runner.make(model: model, quantized: quant)
-        let unet = runner.unet
-        let cfg = unet.config
-        let settings = sampler.settings
-        let s = try runner.sampler(settings)
-        let scheduler = s.scheduler
-        let predictor = try runner.predictor(settings)
-        // Labels
-        let plan = try LabelPlan(unet: unet, nullClass: predictor.nullClass, n: n, single: classLabel, all: classes == "all")
-        // Initial noise
-        let (h, w, c) = (cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels)
+        let model = try PipelineModel.make(model: self.model, quantized: quant)
+        let settings = sampler.settings(for: model.scheduler)
+        let s = try model.sampler(settings, warn: note)
+        let space = try model.conditioningSpace(settings)
+        let plan = try LabelPlan(space: space, n: n, single: classLabel, all: classes == "all")
+        let shape = model.network.sampleShape
+        let (h, w, c) = (shape[0], shape[1], shape[2])
         var xT: Tensor? = nil
         if let path = noise {
             let file = try SafeTensorsFile(path: path)
@@ -60,22 +57,20 @@ struct Sample: ParsableCommand {
             guard values.allSatisfy({ $0.isFinite }) else { throw ValidationError("\(path): tensor 'noise' contains NaN or Inf") }
             xT = Tensor.fromNCHW(values, n: n, c: c, h: h, w: w)
         }
-        let progress = ProgressReporter(label: "sample", total: n * scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
+        let progress = ProgressReporter(label: "sample", total: n * s.scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
         var outputs: [Tensor] = []
-        for start in stride(from: 0, to: n, by: batch) {
-            let range = start..<min(start + batch, n)
-            let streams = BatchNoise(seed: seed, indices: range)
-            let x0 = xT?.slice(batch: range) ?? streams.next(shape: [range.count, h, w, c])
-            let result = try s.sample(from: x0, labels: plan.labels.map { Array($0[range]) },
-                                      noise: { _, shape in streams.next(shape: shape) },
-                                      onStep: { _, _ in progress.advance(range.count) })
+        try s.generate(images: 0..<n, batch: batch, seed: seed, shape: shape,
+                       conditioning: { r in plan.labels.map { .classes(Array($0[r])) } ?? .none },
+                       initialNoise: xT.map { t in { r in t.slice(batch: r) } },
+                       hooks: { r in SamplerHooks(didStep: { _, _ in progress.advance(r.count) }) },
+                       onBatch: { _, result in
             guard result.isFinite else { throw ValidationError("sampling produced NaN/Inf (check the model weights and --guidance)") }
             outputs.append(result)
-        }
+        })
         let samples = Tensor.concatenate(batch: outputs)
         if let path = saveTensors {  // before the grid: the raw tensors never depend on how they can be drawn
             var writer = SafeTensorsWriter(metadata: ["format": "ptqd-samples", "settings": settings.jsonString,
-                                                      "seed": "\(seed)", "model": runner.path])
+                                                      "seed": "\(seed)", "model": model.path])
             try writer.add("samples", floats: samples.toNCHW(), shape: [n, c, h, w])
             if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
             try writer.write(to: path)
@@ -83,9 +78,10 @@ struct Sample: ParsableCommand {
         let grid = ImageGrid(columns: plan.columns, rowLabels: plan.rowLabels(n: n), labelClasses: max(plan.realClasses, 1))
         try PNGCodec.write(try grid.render(samples), to: out)
         let secs = progress.elapsed
+        let guidance = space.isConditional ? settings.guidance : 1
         print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",
-                     out, n, settings.kind.rawValue, settings.steps, settings.eta, predictor.guidance, secs, Double(n) / secs)
-              + (runner.quantized != nil ? " [\(runner.label)]" : ""))
+                     out, n, settings.kind.rawValue, settings.steps, settings.eta, guidance, secs, Double(n) / secs)
+              + (model.quantized != nil ? " [\(model.label)]" : ""))
         if let p = saveTensors { print("wrote \(p): samples [\(n), \(c), \(h), \(w)] fp32") }
     }
 }
@@ -98,15 +94,15 @@ struct LabelPlan {
     /// Number of real (non-null) classes.
     var realClasses = 0
 
-    init(unet: UNet2D, nullClass: Int?, n: Int, single: Int?, all: Bool) throws {
-        guard unet.isClassConditional else {
-            if single != nil || all { throw ValidationError("this model is unconditional: --class/--classes do not apply") }
+    init(space: ConditioningSpace, n: Int, single: Int?, all: Bool) throws {
+        guard case let .classLabels(table) = space.kind else {
+            if single != nil || all { throw ValidationError(space.isConditional ? "this model takes a context, not class labels: --class/--classes do not apply" : "this model is unconditional: --class/--classes do not apply") }
             labels = nil; perClass = nil
             columns = max(1, Int(Double(n).squareRoot().rounded(.up)))
             return
         }
-        let total = unet.config.numClassEmbeds ?? 0
-        let real = unet.realClassCount(nullClass: nullClass)
+        let total = table ?? 0
+        let real = space.realClasses
         realClasses = real
         if let c = single {
             guard c >= 0 && c < max(total, 1) else { throw ValidationError("--class \(c) is out of range 0..<\(real)") }

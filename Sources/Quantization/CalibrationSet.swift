@@ -2,7 +2,7 @@
 //
 // Q-Diffusion-style calibration: run the full-precision sampler for a number of trajectories at
 // the sampler settings the model will be used with, keep x_t before every step, and draw records
-// (x_t, t, class) uniformly across steps. Under classifier-free guidance each record is two UNet
+// (x_t, t, conditioning) uniformly across steps. Under classifier-free guidance each record is two network
 // rows, the unconditional and the conditional half, as the sampler runs them.
 //
 //===----------------------------------------------------------------------===//
@@ -36,76 +36,105 @@ public struct CalibrationOptions: Codable, Equatable, Sendable {
     }
 }
 
-/// UNet input rows for calibration: `x: [R, H, W, C]`, one timestep and (optional) label per row.
+/// Network input rows for calibration: `x: [R, H, W, C]`, one timestep and one conditioning row per row.
 public struct CalibrationSet {
     public let x: Tensor
     public let timesteps: [Float]
-    public let labels: [Int]?
+    /// `.none`, `.classes` ([R]) or `.context` ([R, L, D]).
+    public let conditioning: Conditioning
     public var rows: Int { x.shape[0] }
 
-    public init(x: Tensor, timesteps: [Float], labels: [Int]?) {
-        self.x = x; self.timesteps = timesteps; self.labels = labels
+    public init(x: Tensor, timesteps: [Float], conditioning: Conditioning) {
+        self.x = x; self.timesteps = timesteps; self.conditioning = conditioning
     }
 
-    /// Rows `range` as a UNet call.
-    func batch(_ range: Range<Int>) -> (Tensor, [Float], ClassCondition) {
-        (x.slice(batch: range), Array(timesteps[range]), labels.map { .labels(Array($0[range])) } ?? .none)
+    /// Class labels of the rows (nil unless class-conditioned).
+    public var labels: [Int]? { if case let .classes(l) = conditioning { return l }; return nil }
+
+    /// Rows `range` as a network call.
+    func batch(_ range: Range<Int>) -> (Tensor, [Float], Conditioning) {
+        (x.slice(batch: range), Array(timesteps[range]), conditioning.slice(range))
     }
 
     /// Runs the FP sampler and draws the calibration records.
-    /// - progress: called with (images·steps done, total).
-    public static func collect(model: DiffusionModel, options o: CalibrationOptions,
+    /// - Parameters:
+    ///   - network / scheduler: the FP model and its scheduler config.
+    ///   - conditioning: conditioning of FP trajectories `range` (nil: class-balanced labels for class-label models,
+    ///     none for unconditional ones).
+    ///   - progress: called with (images·steps done, total).
+    public static func collect(network: Denoiser, scheduler schedulerConfig: SchedulerConfig, options o: CalibrationOptions,
+                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil,
                                progress: ((Int, Int) -> Void)? = nil) throws -> CalibrationSet {
         try o.validate()
-        let unet = model.unet, cfg = unet.config
-        let guided = try GuidedUNet(unet: unet, guidance: unet.isClassConditional ? o.settings.guidance : 1, nullClass: o.settings.nullClass)
-        let scheduler = try Sampler.makeScheduler(o.settings, config: model.scheduler)
+        let guided = try GuidedDenoiser(network: network, guidance: o.settings.guidance, nullClass: o.settings.nullClass)
+        let scheduler = try Sampler.makeScheduler(o.settings, config: schedulerConfig)
         let sampler = Sampler(scheduler: scheduler, predictor: guided)
         let steps = scheduler.timesteps.count
-        let (h, w, c) = (cfg.sampleHeight, cfg.sampleWidth, cfg.inChannels)
-        let per = h * w * c
-        let labels = unet.isClassConditional ? balancedLabels(o.trajectories, classes: unet.realClassCount(nullClass: guided.nullClass)) : nil
+        let shape = network.sampleShape
+        let per = shape.reduce(1, *)
+        let trajectoryConditioning = try conditioning ?? defaultConditioning(guided.space, trajectories: o.trajectories)
         // states[step] = x_t of every trajectory at that step, [T · per]
         var states = [[Float]](repeating: [Float](repeating: 0, count: o.trajectories * per), count: steps)
+        var trajectoryRows: [Conditioning] = []
         let noiseSeed = o.seed ^ 0x00CA_11B7_A710_0000  // calibration noise never equals evaluation noise of the same seed
         var done = 0
-        for start in stride(from: 0, to: o.trajectories, by: o.batch) {
-            let range = start..<min(start + o.batch, o.trajectories)
-            let noise = BatchNoise(seed: noiseSeed, indices: range)
-            let xT = noise.next(shape: [range.count, h, w, c])
-            func store(_ step: Int, _ x: Tensor) {
-                states[step].withUnsafeMutableBufferPointer { p in
-                    (p.baseAddress! + range.lowerBound * per).update(from: x.data, count: range.count * per)
-                }
-            }
-            store(0, xT)
-            _ = try sampler.sample(from: xT, labels: labels.map { Array($0[range]) }, noise: { _, s in noise.next(shape: s) },
-                                   onStep: { i, x in
-                                       if i + 1 < steps { store(i + 1, x) }
-                                       done += range.count
-                                       progress?(done, o.trajectories * steps)
-                                   })
-        }
+        try sampler.generate(images: 0..<o.trajectories, batch: o.batch, seed: noiseSeed, shape: shape,
+                             conditioning: { r in let c = try trajectoryConditioning(r); trajectoryRows.append(c); return c },
+                             hooks: { range in
+                                 SamplerHooks(willPredict: { info, x in
+                                     states[info.index].withUnsafeMutableBufferPointer { p in
+                                         (p.baseAddress! + range.lowerBound * per).update(from: x.data, count: range.count * per)
+                                     }
+                                 }, didStep: { _, _ in
+                                     done += range.count
+                                     progress?(done, o.trajectories * steps)
+                                 })
+                             }, onBatch: { _, _ in })
+        let all = try Conditioning.concatenate(trajectoryRows)
         // Draw records stratified over steps, trajectories at random (seeded).
         var rng = GaussianStream(seed: o.seed, index: 0xCA11B)
-        let twoHalves = unet.isClassConditional && guided.guidance != 1
+        let twoHalves = guided.guidance != 1 && guided.space.null != nil
         let rowsPerRecord = twoHalves ? 2 : 1
-        let x = Tensor(shape: [o.samples * rowsPerRecord, h, w, c])
+        let x = Tensor(shape: [o.samples * rowsPerRecord] + shape)
         var ts = [Float](repeating: 0, count: x.shape[0])
-        var rowLabels: [Int]? = labels == nil ? nil : [Int](repeating: 0, count: x.shape[0])
+        var picks = [Int](repeating: 0, count: o.samples)
         for r in 0..<o.samples {
             let step = stepOfRecord(r, records: o.samples, steps: steps)
             let traj = Int(rng.nextUInt64() % UInt64(o.trajectories))
+            picks[r] = traj
             for half in 0..<rowsPerRecord {
                 let row = half * o.samples + r   // unconditional halves first, as the guided sampler batches them
                 states[step].withUnsafeBufferPointer { p in
                     (x.data + row * per).update(from: p.baseAddress! + traj * per, count: per)
                 }
                 ts[row] = Float(scheduler.timesteps[step])
-                if let l = labels { rowLabels![row] = (twoHalves && half == 0) ? guided.nullClass! : l[traj] }
             }
         }
-        return CalibrationSet(x: x, timesteps: ts, labels: rowLabels)
+        let conditional = try gather(all, rows: picks)
+        let rowConditioning = twoHalves ? try Conditioning.concatenate([guided.space.null!.rows(o.samples), conditional]) : conditional
+        return CalibrationSet(x: x, timesteps: ts, conditioning: rowConditioning)
+    }
+
+    /// Class-balanced labels (trajectory i gets class i mod K) for class-label models; `.none` otherwise.
+    /// A context model needs its contexts from the caller.
+    static func defaultConditioning(_ space: ConditioningSpace, trajectories: Int) throws -> (Range<Int>) throws -> Conditioning {
+        switch space.kind {
+        case .unconditional: return { _ in .none }
+        case .classLabels:
+            let labels = balancedLabels(trajectories, classes: space.realClasses)
+            return { r in .classes(Array(labels[r])) }
+        case .context:
+            throw QuantizationError.calibration("calibrating a cross-attention model needs contexts (--calib-context FILE)")
+        }
+    }
+
+    /// Rows `rows` of `c` (in that order).
+    static func gather(_ c: Conditioning, rows: [Int]) throws -> Conditioning {
+        switch c {
+        case .none: return .none
+        case let .classes(l): return .classes(rows.map { l[$0] })
+        case let .context(t): return .context(t.gather(batch: rows))
+        }
     }
 
     /// The sampler step (index into the schedule's timesteps) of calibration record `r` of `records`.

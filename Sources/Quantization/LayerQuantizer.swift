@@ -137,23 +137,23 @@ final class InputCapture: WeightLayerKernel {
     var meanHessian: [Double] { hessian.map { $0 / Double(max(hessianRows, 1)) } }
 }
 
-/// Quantizes a UNet in place, layer group by layer group.
+/// Quantizes a network in place, layer group by layer group.
 public final class LayerQuantizer {
-    public let unet: UNet2D
+    public let network: Denoiser
     public let recipe: QuantizationRecipe
     public let options: CalibrationOptions
     /// Seconds spent in weight rounding and in forward passes (for the report).
     public private(set) var roundingSeconds = 0.0, passSeconds = 0.0
 
-    public init(unet: UNet2D, recipe: QuantizationRecipe, options: CalibrationOptions) {
-        self.unet = unet; self.recipe = recipe; self.options = options
+    public init(network: Denoiser, recipe: QuantizationRecipe, options: CalibrationOptions) {
+        self.network = network; self.recipe = recipe; self.options = options
     }
 
-    /// Runs the passes, installs the quantized kernels (`mode`) into `unet`, and returns the layer records.
+    /// Runs the passes, installs the quantized kernels (`mode`) into `network`, and returns the layer records.
     /// - progress: (groups done, groups total, note).
     public func run(_ calib: CalibrationSet, mode: ExecutionMode = .integer,
                     progress: ((Int, Int, String) -> Void)? = nil) throws -> [QuantizedLayer] {
-        let layers = unet.layers
+        let layers = network.layers
         let fp32 = layers.map(\.kernel)
         let plan: [(Int, LayerPrecision)] = layers.enumerated().compactMap { i, l in
             recipe.policy.precision(name: l.name, role: l.role).map { (i, $0) }
@@ -172,7 +172,7 @@ public final class LayerQuantizer {
             let t0 = Date()
             for start in stride(from: 0, to: calib.rows, by: options.batch) {
                 let (x, t, cond) = calib.batch(start..<min(start + options.batch, calib.rows))
-                _ = try unet(x, timesteps: t, condition: cond)
+                _ = try network.forward(x, timesteps: t, conditioning: cond)
             }
             passSeconds += Date().timeIntervalSince(t0)
             for j in (last + 1)..<layers.count { layers[j].kernel = fp32[j] }

@@ -65,8 +65,9 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
 
     public var format: String = QuantizedModelInfo.formatName
     public var version: Int = QuantizedModelInfo.currentVersion
-    /// The source model's `config.json` and `scheduler_config.json` text (scheduler nil = diffusers DDIM defaults).
-    public var unetConfig: String
+    /// The source network's `config.json` and `scheduler_config.json` text (scheduler nil = diffusers DDIM
+    /// defaults). Stored under the key "unetConfig" (format v1).
+    public var networkConfig: String
     public var schedulerConfig: String?
     /// The source model's folder name (e.g. "fmnist-ddpm"), portable across machines; with `sourceWeightsDigest`
     /// it identifies the model. Files written before this held the absolute path of the machine that made them.
@@ -79,9 +80,13 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
     /// Extra JSON documents by name (e.g. "correction", "mixed").
     public var attachments: [String: String] = [:]
 
-    public init(unetConfig: String, schedulerConfig: String?, sourceModel: String, variants: [QuantizedVariantInfo],
+    enum CodingKeys: String, CodingKey {
+        case format, version, networkConfig = "unetConfig", schedulerConfig, sourceModel, sourceWeightsDigest, variants, calibration, attachments
+    }
+
+    public init(networkConfig: String, schedulerConfig: String?, sourceModel: String, variants: [QuantizedVariantInfo],
                 calibration: CalibrationInfo) {
-        self.unetConfig = unetConfig; self.schedulerConfig = schedulerConfig; self.sourceModel = sourceModel
+        self.networkConfig = networkConfig; self.schedulerConfig = schedulerConfig; self.sourceModel = sourceModel
         self.variants = variants; self.calibration = calibration
     }
 }
@@ -98,7 +103,8 @@ enum QuantizedTensorName {
 public final class QuantizedModel {
     public let path: String
     public let info: QuantizedModelInfo
-    public let unetConfig: UNet2DConfig
+    /// diffusers `_class_name` of the source network.
+    public let architecture: String
     public let scheduler: SchedulerConfig
     let file: SafeTensorsFile
     /// Layer records per variant.
@@ -121,7 +127,11 @@ public final class QuantizedModel {
         do { info = try JSONDecoder().decode(QuantizedModelInfo.self, from: Data(json.utf8)) } catch {
             throw QuantizationError.file(path: path, reason: "metadata 'ptqd' is malformed (\(error)); re-create the file with `ptqd quantize`")
         }
-        unetConfig = try UNet2DConfig(json: Data(info.unetConfig.utf8), file: "\(path) [unet config]")
+        let arch = DenoiserArchitectures.className(of: Data(info.networkConfig.utf8)) ?? "UNet2DModel"
+        guard DenoiserArchitectures.all.contains(where: { $0.classNames.contains(arch) }) else {
+            throw QuantizationError.file(path: path, reason: "holds a \(arch) network, which this ptqd cannot run")
+        }
+        architecture = arch
         scheduler = try info.schedulerConfig.map { try SchedulerConfig(json: Data($0.utf8), file: "\(path) [scheduler config]") } ?? .ddimDefault
         guard !info.variants.isEmpty else { throw QuantizationError.file(path: path, reason: "holds no quantized variant") }
         var variants: [[QuantizedLayer]] = []
@@ -178,8 +188,8 @@ public final class QuantizedModel {
         self.variants = variants
     }
 
-    /// Builds a UNet for variant `v` whose quantized layers run in `mode`.
-    public func makeUNet(variant v: Int = 0, mode: ExecutionMode = .integer) throws -> UNet2D {
+    /// Builds the network of variant `v` with its quantized layers running in `mode`.
+    public func makeNetwork(variant v: Int = 0, mode: ExecutionMode = .integer) throws -> Denoiser {
         guard variants.indices.contains(v) else { throw QuantizationError.file(path: path, reason: "has no variant \(v)") }
         var overrides: [String: [Float]] = [:]
         var consumed = Set(file.names.filter { $0.hasPrefix(QuantizedTensorName.prefix) })
@@ -189,8 +199,9 @@ public final class QuantizedModel {
             consumed.formUnion(LegacyAttentionNames.weightKeys(l.name))
             overrides["\(l.name).weight"] = l.dequantizedWeights()   // fp32 view for the network's bookkeeping
         }
-        let unet = try UNet2D(config: unetConfig, weights: file, overrides: overrides, consumedElsewhere: consumed)
-        for layer in unet.layers {
+        let network = try DenoiserArchitectures.load(configJSON: Data(info.networkConfig.utf8), configFile: "\(path) [network config]",
+                                                     weights: file, overrides: overrides, consumedElsewhere: consumed)
+        for layer in network.layers {
             guard let record = fitted.removeValue(forKey: layer.name) else { continue }
             do { try record.validate(against: layer) } catch let QuantizationError.file(_, reason) {
                 throw QuantizationError.file(path: path, reason: "layer \(record.name): \(reason)")
@@ -200,7 +211,7 @@ public final class QuantizedModel {
         if let unknown = fitted.keys.sorted().first {
             throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in the model config")
         }
-        return unet
+        return network
     }
 
     /// Writes a quantized model atomically.

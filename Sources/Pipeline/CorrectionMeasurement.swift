@@ -1,0 +1,86 @@
+//===--- CorrectionMeasurement.swift - statistics, fitted tables and the mixed plan ---===//
+//
+// Stage 3 of `ptqd quantize`: run the statistics pass (FP and every quantized variant on FP trajectories of the
+// target sampler), fit PTQD / D2 tables, and for step-aware mixed precision choose the pair and the switch step.
+//
+//===----------------------------------------------------------------------===//
+
+import Correction
+import Diffusion
+import Foundation
+import Quantization
+
+/// What the correction is measured with and what it stores as the default.
+public struct CorrectionMeasurementOptions {
+    public var statistics = StatisticsOptions()
+    public var biasMode: BiasMode = .total
+    /// Clamp k_t < 0 to 0 (PTQD's released code).
+    public var clampK = true
+    /// The correction the file applies by default (nil: none, e.g. a mixed plan without correction).
+    public var method: CorrectionMethod? = .ptqd
+    /// Step-aware mixed precision: nil = off; `pair` = the first two variants are (cheap, strong); `auto` = choose.
+    public enum Mixed { case pair, auto }
+    public var mixed: Mixed?
+    /// When SNR^Q ≥ SNR^F switches at the first step or never: the fraction of steps kept cheap.
+    public var cheapFraction = 0.5
+    public init() {}
+}
+
+public enum CorrectionMeasurement {
+    /// - Parameters:
+    ///   - fp: the full-precision network; variants: each quantized network with its layer records.
+    ///   - conditioning: of statistics trajectories `range` (nil: class-balanced labels / none).
+    ///   - progress: (images·steps done, total).
+    /// - Returns: the document and the variant indices it describes (the chosen pair for `auto`).
+    public static func measure(fp: Denoiser, scheduler schedulerConfig: SchedulerConfig, settings: SamplerSettings,
+                               variants: [(network: Denoiser, records: [QuantizedLayer])], options o: CorrectionMeasurementOptions,
+                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil,
+                               progress: ((Int, Int) -> Void)? = nil) throws -> (CorrectionDocument, [Int]) {
+        let scheduler = try Sampler.makeScheduler(settings, config: schedulerConfig)
+        let fpPredictor = try GuidedDenoiser(network: fp, guidance: settings.guidance, nullClass: settings.nullClass)
+        let qs = try variants.map { try GuidedDenoiser(network: $0.network, guidance: settings.guidance, nullClass: settings.nullClass) }
+        let cond: (Range<Int>) throws -> Conditioning
+        if let conditioning { cond = conditioning } else {
+            let classes = max(fpPredictor.space.realClasses, 1)
+            let conditional = fpPredictor.space.isConditional
+            cond = { r in conditional ? .classes(r.map { $0 % classes }) : .none }
+        }
+        let t0 = Date()
+        let stats = try StatisticsPass.collect(scheduler: scheduler, fp: fpPredictor, quantized: qs, conditioning: cond,
+                                               shape: fp.sampleShape, options: o.statistics, progress: progress)
+        let fit = FitOptions(biasMode: o.biasMode, clampK: o.clampK, alphasCumprod: schedulerConfig.alphasCumprod())
+        var tables = stats.map { $0.fit(fit) }
+        let components: CorrectionComponents = o.method == nil ? .none : .all
+        var keep = Array(variants.indices)
+        var plan: MixedPrecisionPlan? = nil
+        var mixedTable: CorrectionTable? = nil
+        if let mixed = o.mixed {
+            let steps = scheduler.timesteps.count
+            let snrF = StepSNR.snrF(scheduler: scheduler)
+            var pair = [0, 1]
+            if mixed == .auto {
+                // cheap = fewest BOPs; strong = the cheapest other candidate whose SNR^Q ≥ SNR^F at the last step
+                // (the most demanding one), or the most accurate candidate if none qualifies.
+                let costs = try LayerCosts.measure(fp)
+                let bops = variants.map { v -> Double in
+                    ModelCosts(costs, precisions: Dictionary(uniqueKeysWithValues: v.records.map { ($0.name, $0.precision) })).totalBOPs
+                }
+                let order = bops.indices.sorted { bops[$0] < bops[$1] }
+                let lastStep = steps - 1
+                let strong = order.dropFirst().first { Double(tables[$0].snrQ[lastStep]) >= snrF[lastStep] }
+                    ?? order.dropFirst().max { tables[$0].snrQ[lastStep] < tables[$1].snrQ[lastStep] }!
+                pair = [order[0], strong]
+            }
+            let p = StepSNR.plan(cheapSNRQ: tables[pair[0]].snrQ.map(Double.init), snrF: snrF,
+                                 strongSNRQ: tables[pair[1]].snrQ.map(Double.init), targetCheapFraction: o.cheapFraction)
+            tables = pair.map { tables[$0] }
+            keep = pair
+            plan = p
+            mixedTable = CorrectionDocument.assemble(tables, plan: p.schemes)
+        }
+        let doc = CorrectionDocument(settings: settings, statistics: o.statistics, biasMode: o.biasMode, clampK: o.clampK,
+                                     defaultCorrection: CorrectionSettings(method: o.method ?? .ptqd, components: components, vscMode: .code),
+                                     tables: tables, plan: plan, mixedTable: mixedTable, seconds: Date().timeIntervalSince(t0))
+        return (doc, keep)
+    }
+}
