@@ -49,9 +49,9 @@ final class CorrectionTableTests: XCTestCase {
         // The predictor picks the row by loop position and falls back to the timestep.
         let eps = Tensor(shape: [1, 1, 1, 3], values: [0, 0, 0])
         let p = try CorrectedPredictor(wrapping: ConstantPredictor(eps), table: t, settings: CorrectionSettings(components: .bias))
-        XCTAssertEqual(try p.predict(eps, timestep: 1, stepIndex: 19, labels: nil).array, t.bias[19].map { -$0 })
-        XCTAssertEqual(try p.predict(eps, timestep: 1, stepIndex: 0, labels: nil).array, t.bias[19].map { -$0 })
-        XCTAssertThrowsError(try p.predict(eps, timestep: 2, stepIndex: 19, labels: nil)) {
+        XCTAssertEqual(try p.predict(eps, timestep: 1, stepIndex: 19, conditioning: .none).array, t.bias[19].map { -$0 })
+        XCTAssertEqual(try p.predict(eps, timestep: 1, stepIndex: 0, conditioning: .none).array, t.bias[19].map { -$0 })
+        XCTAssertThrowsError(try p.predict(eps, timestep: 2, stepIndex: 19, conditioning: .none)) {
             XCTAssertEqual($0 as? CorrectionError, .timestepNotInTable(2))
         }
     }

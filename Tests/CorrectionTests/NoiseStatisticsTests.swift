@@ -195,7 +195,7 @@ final class D2RegressionTests: XCTestCase {
         // Applying it lowers E‖ε̃ − ε_fp‖² from E‖Δ‖² to about d2Sigma².
         let p = try CorrectedPredictor(wrapping: ConstantPredictor(d.q), table: table,
                                        settings: CorrectionSettings(method: .d2, components: [.cnc, .bias]))
-        let corrected = try p.predict(d.q, timestep: 500, stepIndex: 0, labels: nil)
+        let corrected = try p.predict(d.q, timestep: 500, stepIndex: 0, conditioning: .none)
         var before = 0.0, after = 0.0
         for i in 0..<d.fp.count {
             let e = Double(d.fp.data[i])

@@ -15,7 +15,7 @@ final class SamplingTests: XCTestCase {
 
     func run(_ sampler: Sampler, seed: UInt64 = 5) throws -> [Float] {
         let r = seededRun(shape: shape, seed: seed)
-        return try sampler.sample(from: r.xT, labels: nil, noise: r.noise).array
+        return try sampler.sample(from: r.xT, conditioning: .none, noise: r.noise).array
     }
 
     func table(for s: DiffusionScheduler) -> CorrectionTable {
@@ -66,7 +66,7 @@ final class SamplingTests: XCTestCase {
     func testOutputOfAnotherShapeIsAnError() throws {
         let wide = ConstantPredictor(Tensor(shape: [2, 4, 4, 6]))
         let r = seededRun(shape: shape, seed: 1)
-        XCTAssertThrowsError(try Sampler(scheduler: try ddim(eta: 1), predictor: wide).sample(from: r.xT, labels: nil, noise: r.noise)) { error in
+        XCTAssertThrowsError(try Sampler(scheduler: try ddim(eta: 1), predictor: wide).sample(from: r.xT, conditioning: .none, noise: r.noise)) { error in
             XCTAssertTrue("\(error)".contains("out_channels == in_channels"), "\(error)")
         }
     }
@@ -90,7 +90,7 @@ final class SamplingTests: XCTestCase {
         let out = Tensor(shape: [1, 2, 2, 3], repeating: 0.5)
         let t = makeTable(timesteps: [10], k: [0.1], sigmaQ: [0.1], bias: [[0.1, 0.1, 0.1]])
         let p = try CorrectedPredictor(wrapping: ConstantPredictor(out), table: t, settings: CorrectionSettings(components: .vsc))
-        XCTAssertTrue(try p.predict(out, timestep: 10, stepIndex: 0, labels: nil) === out)
+        XCTAssertTrue(try p.predict(out, timestep: 10, stepIndex: 0, conditioning: .none) === out)
     }
 
     func testCorrectedStepMatchesSpecFormula() throws {
@@ -104,7 +104,7 @@ final class SamplingTests: XCTestCase {
                 let r = seededRun(shape: shape, seed: 5)
                 var x = r.xT
                 for (i, ts) in s.timesteps.enumerated() {
-                    let eps = try fake.predict(x, timestep: ts, stepIndex: i, labels: nil)
+                    let eps = try fake.predict(x, timestep: ts, stepIndex: i, conditioning: .none)
                     let e2 = Tensor(shape: eps.shape)
                     for j in 0..<eps.count { e2.data[j] = (eps.data[j] - t.bias[i][j % 3]) / (1 + t.k[i]) }
                     let z: Tensor? = s.injectsNoise(at: i) ? r.noise(i, x.shape) : nil
@@ -125,7 +125,7 @@ final class SamplingTests: XCTestCase {
         t.d2Slope = [0.2]; t.d2Intercept = [[0.01, 0.02, -0.03]]; t.d2Sigma = [0.05]
         func apply(_ settings: CorrectionSettings) throws -> [Float] {
             try CorrectedPredictor(wrapping: ConstantPredictor(eps), table: t, settings: settings)
-                .predict(eps, timestep: 7, stepIndex: 0, labels: nil).array
+                .predict(eps, timestep: 7, stepIndex: 0, conditioning: .none).array
         }
         let e = eps.array
         XCTAssertEqual(try apply(CorrectionSettings(components: [.cnc, .bias])), e.indices.map { (e[$0] - t.bias[0][$0 % 3]) / 1.25 })
@@ -139,7 +139,7 @@ final class SamplingTests: XCTestCase {
         XCTAssertEqual(t.residualStd(row: 0, settings: CorrectionSettings(method: .d2)), 0.05)
         // Channel mismatch throws.
         let wrong = Tensor(shape: [1, 2, 2, 4])
-        XCTAssertThrowsError(try CorrectedPredictor(wrapping: ConstantPredictor(wrong), table: t).predict(wrong, timestep: 7, stepIndex: 0, labels: nil)) {
+        XCTAssertThrowsError(try CorrectedPredictor(wrapping: ConstantPredictor(wrong), table: t).predict(wrong, timestep: 7, stepIndex: 0, conditioning: .none)) {
             XCTAssertEqual($0 as? CorrectionError, .channelMismatch(expected: 3, got: 4))
         }
     }

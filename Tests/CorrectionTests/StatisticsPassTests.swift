@@ -17,9 +17,9 @@ final class StatisticsPassTests: XCTestCase {
         let inner: NoisePredictor, k: Float, mu: [Float]
         var seen: [Int: [Tensor]] = [:]
         init(_ inner: NoisePredictor, k: Float, mu: [Float]) { self.inner = inner; self.k = k; self.mu = mu }
-        func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor {
+        func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor {
             seen[stepIndex, default: []].append(x.copy())
-            let e = try inner.predict(x, timestep: timestep, stepIndex: stepIndex, labels: labels)
+            let e = try inner.predict(x, timestep: timestep, stepIndex: stepIndex, conditioning: conditioning)
             let y = Tensor(shape: e.shape)
             for i in 0..<e.count { y.data[i] = (1 + k) * e.data[i] + mu[i % mu.count] }
             return y
@@ -32,7 +32,7 @@ final class StatisticsPassTests: XCTestCase {
             let q = KnownError(fp, k: 0.08, mu: [0, 0, 0])
             var o = StatisticsOptions(); o.trajectories = 5; o.batch = 2; o.seed = 3
             var calls: [(Int, Int)] = []
-            let stats = try StatisticsPass.collect(scheduler: s, fp: fp, quantized: [q], labels: nil, shape: shape, options: o) {
+            let stats = try StatisticsPass.collect(scheduler: s, fp: fp, quantized: [q], conditioning: { _ in .none }, shape: shape, options: o) {
                 calls.append(($0, $1))
             }
             XCTAssertEqual(calls.last.map { $0.0 }, 5 * 6)
@@ -43,8 +43,8 @@ final class StatisticsPassTests: XCTestCase {
                 let noise = BatchNoise(seed: noiseSeed, indices: range)
                 let xT = noise.next(shape: [range.count] + shape)
                 var states = [xT.array]
-                _ = try Sampler(scheduler: s, predictor: fp).sample(from: xT, labels: nil, noise: { _, sh in noise.next(shape: sh) },
-                                                                   onStep: { _, x in states.append(x.array) })
+                _ = try Sampler(scheduler: s, predictor: fp).sample(from: xT, conditioning: .none, noise: { _, sh in noise.next(shape: sh) },
+                                                                   hooks: SamplerHooks(didStep: { _, x in states.append(x.array) }))
                 for i in 0..<6 {
                     let got = q.seen[i]![start / 2].array
                     XCTAssertEqual(got, states[i], "eta \(eta) batch at \(start): the quantized predictor saw the FP trajectory at step \(i)")
@@ -59,12 +59,12 @@ final class StatisticsPassTests: XCTestCase {
             // Batching does not change the statistics (to Float64 summation order).
             var o1 = o; o1.batch = 5
             let one = try StatisticsPass.collect(scheduler: s, fp: fp, quantized: [KnownError(fp, k: 0.08, mu: [0, 0, 0])],
-                                                 labels: nil, shape: shape, options: o1)[0].fit()
+                                                 conditioning: { _ in .none }, shape: shape, options: o1)[0].fit()
             for i in 0..<6 { XCTAssertEqual(one.k[i], table.k[i], accuracy: 1e-6); XCTAssertEqual(one.sigmaQ[i], table.sigmaQ[i], accuracy: 1e-6) }
         }
         var bad = StatisticsOptions(); bad.trajectories = 0
         XCTAssertThrowsError(try StatisticsPass.collect(scheduler: try DDIMScheduler(config: .ddimDefault, steps: 2, eta: 0), fp: fp,
-                                                        quantized: [fp], labels: nil, shape: shape, options: bad))
+                                                        quantized: [fp], conditioning: { _ in .none }, shape: shape, options: bad))
     }
 
     func testSteppedPredictorFollowsThePlan() throws {
@@ -73,9 +73,9 @@ final class StatisticsPassTests: XCTestCase {
         let stepped = SteppedPredictor(predictors: [a, b], plan: plan)
         let x = Tensor(shape: [1, 1, 1, 1])
         for (i, v) in plan.enumerated() {
-            XCTAssertEqual(try stepped.predict(x, timestep: 999 - i, stepIndex: i, labels: nil).array, [Float(v + 1)], "step \(i)")
+            XCTAssertEqual(try stepped.predict(x, timestep: 999 - i, stepIndex: i, conditioning: .none).array, [Float(v + 1)], "step \(i)")
         }
-        XCTAssertThrowsError(try stepped.predict(x, timestep: 0, stepIndex: plan.count, labels: nil)) { e in
+        XCTAssertThrowsError(try stepped.predict(x, timestep: 0, stepIndex: plan.count, conditioning: .none)) { e in
             XCTAssertTrue("\(e)".contains("5 steps"), "\(e)")
         }
     }

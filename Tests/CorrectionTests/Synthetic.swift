@@ -63,7 +63,7 @@ final class AffinePredictor: NoisePredictor {
     let scale: Float
     let offset: [Float]
     init(scale: Float = 0.3, offset: [Float]) { self.scale = scale; self.offset = offset }
-    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor {
+    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor {
         let y = Tensor(shape: x.shape), c = offset.count
         for i in 0..<x.count { y.data[i] = scale * x.data[i] + offset[i % c] }
         return y
@@ -74,7 +74,7 @@ final class AffinePredictor: NoisePredictor {
 final class ConstantPredictor: NoisePredictor {
     let output: Tensor
     init(_ output: Tensor) { self.output = output }
-    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, labels: [Int]?) throws -> Tensor { output }
+    func predict(_ x: Tensor, timestep: Int, stepIndex: Int, conditioning: Conditioning) throws -> Tensor { output }
 }
 
 /// A table with the given per-row values (all rows alike unless arrays are passed).

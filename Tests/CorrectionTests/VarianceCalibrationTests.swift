@@ -72,6 +72,12 @@ final class VarianceCalibrationTests: XCTestCase {
             config.predictionType = prediction
             var schedulers: [DiffusionScheduler] = try [Float(0), 0.5, 1].map { try DDIMScheduler(config: config, steps: 20, eta: $0) }
             schedulers.append(try DDPMScheduler(config: config, steps: 20))
+            // DPM-Solver++: multistep (the coefficient of the current output, with the history of earlier steps fixed).
+            schedulers.append(try DPMSolverMultistepScheduler(config: config, steps: 20))
+            var heun = config
+            heun.dpm.solverType = .heun
+            heun.dpm.finalSigmasType = .sigmaMin
+            schedulers.append(try DPMSolverMultistepScheduler(config: heun, steps: 20))
             for s in schedulers {
                 for i in s.timesteps.indices {
                     let x = Tensor(shape: [1, 1, 1, 2]), out = Tensor(shape: [1, 1, 1, 2]), noise = Tensor(shape: [1, 1, 1, 2])
@@ -79,8 +85,15 @@ final class VarianceCalibrationTests: XCTestCase {
                     let sigma = s.sigma(at: i), h: Float = 0.05
                     let moved = out.copy()
                     for j in 0..<2 { moved.data[j] += h }
-                    let base = s.step(modelOutput: out, index: i, sample: x, noise: noise, sigma: sigma)
-                    let stepped = s.step(modelOutput: moved, index: i, sample: x, noise: noise, sigma: sigma)
+                    var history = SchedulerState()
+                    for k in 0..<i {  // earlier steps with another output, so the multistep history is not the current one
+                        let earlier = Tensor(shape: [1, 1, 1, 2], values: [Float(k) * 0.01 - 0.1, 0.3])
+                        _ = s.step(modelOutput: earlier, index: k, sample: x, noise: s.injectsNoise(at: k) ? noise : nil, state: &history)
+                    }
+                    var h1 = history, h2 = history
+                    let z = s.injectsNoise(at: i) ? noise : nil
+                    let base = s.step(modelOutput: out, index: i, sample: x, noise: z, sigma: sigma, state: &h1)
+                    let stepped = s.step(modelOutput: moved, index: i, sample: x, noise: z, sigma: sigma, state: &h2)
                     let c = Double(s.outputCoefficient(at: i, sigma: sigma))
                     for j in 0..<2 {
                         let slope = Double(stepped.data[j] - base.data[j]) / Double(h)

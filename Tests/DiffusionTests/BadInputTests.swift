@@ -136,7 +136,7 @@ final class BadInputTests: XCTestCase {
         let m = try DiffusionModel.load(Fixtures.model("cond_attn_28"))
         XCTAssertThrowsError(try DDIMScheduler(config: m.scheduler, steps: 5000, eta: 0))
         XCTAssertThrowsError(try DDIMScheduler(config: m.scheduler, steps: 10, eta: -1))
-        XCTAssertThrowsError(try GuidedUNet(unet: m.unet, guidance: 3, nullClass: 99))
+        XCTAssertThrowsError(try GuidedDenoiser(network: m.unet, guidance: 3, nullClass: 99))
         let x = Tensor(shape: [1, 28, 28, 1])
         XCTAssertThrowsError(try m.unet(x, timesteps: [1], condition: .labels([42])))  // label out of range
         XCTAssertThrowsError(try m.unet(x, timesteps: [1], condition: .none))         // needs labels

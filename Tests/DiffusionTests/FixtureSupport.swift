@@ -36,3 +36,10 @@ extension SafeTensorsFile {
         return Tensor.fromNCHW(Array(v[(i * per)..<((i + 1) * per)]), n: s[1], c: s[2], h: s[3], w: s[4])
     }
 }
+
+import Diffusion
+
+extension DiffusionModel {
+    /// The fixture models are all `UNet2DModel`s; tests reach their concrete API through this.
+    var unet: UNet2D { network as! UNet2D }
+}

@@ -59,11 +59,11 @@ final class UNetConformanceTests: XCTestCase {
                 let steps = try cases.info("\(prefix).timesteps").shape[0]
                 let settings = SamplerSettings(kind: kind, steps: steps, eta: eta, guidance: guidance, nullClass: nullClass)
                 let sampler = Sampler(scheduler: try Sampler.makeScheduler(settings, config: kind == .ddpm ? ddpmConfig : model.scheduler),
-                                      predictor: try GuidedUNet(unet: model.unet, guidance: guidance, nullClass: nullClass))
+                                      predictor: try GuidedDenoiser(network: model.unet, guidance: guidance, nullClass: nullClass))
                 let labels = cases.contains("\(prefix).class_labels") ? try cases.floats("\(prefix).class_labels").map { Int($0) } : nil
                 let noiseName = "\(prefix).variance_noise"
                 let supplied: ((Int, [Int]) -> Tensor)? = cases.contains(noiseName) ? { i, _ in try! cases.nhwc(noiseName, row: i) } : nil
-                let out = try sampler.sample(from: try cases.nhwc("\(prefix).noise"), labels: labels, noise: supplied)
+                let out = try sampler.sample(from: try cases.nhwc("\(prefix).noise"), conditioning: labels.map { .classes($0) } ?? .none, noise: supplied)
                 let err = relativeError(out.array, try cases.nhwc("\(prefix).samples").array)
                 XCTAssertLessThanOrEqual(err, 1e-3, "\(name) \(prefix): final samples relative error \(err)")
             }

@@ -11,7 +11,7 @@ final class CalibrationSetTests: XCTestCase {
     func testGuidedClassConditionalRecords() throws {
         let m = try QFixtures.load("cond_attn_28")
         let o = QFixtures.tinyOptions()
-        let c = try CalibrationSet.collect(model: m, options: o)
+        let c = try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o)
         // Two UNet rows per record under guidance: unconditional halves first.
         XCTAssertEqual(c.rows, 2 * o.samples)
         XCTAssertEqual(c.x.shape, [2 * o.samples, 28, 28, 1])
@@ -27,10 +27,10 @@ final class CalibrationSetTests: XCTestCase {
         XCTAssertEqual(Array(c.timesteps[0..<o.samples]), (0..<o.samples).map { steps[$0 % steps.count] })
         XCTAssertTrue(c.x.isFinite)
         // Deterministic for a seed; another seed draws other records.
-        let again = try CalibrationSet.collect(model: m, options: o)
+        let again = try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o)
         XCTAssertEqual(again.x.array, c.x.array)
         var o2 = o; o2.seed = 8
-        XCTAssertNotEqual(try CalibrationSet.collect(model: m, options: o2).x.array, c.x.array)
+        XCTAssertNotEqual(try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o2).x.array, c.x.array)
     }
 
     /// Records cover every step (counts within one) when there are enough of them, and spread over the whole
@@ -57,7 +57,7 @@ final class CalibrationSetTests: XCTestCase {
         let m = try QFixtures.load("cond_attn_28")
         var o = QFixtures.tinyOptions()
         o.settings.steps = 10; o.samples = 3; o.trajectories = 2
-        let c = try CalibrationSet.collect(model: m, options: o)
+        let c = try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o)
         let ts = try Sampler.makeScheduler(o.settings, config: m.scheduler).timesteps.map(Float.init)
         XCTAssertEqual(Array(c.timesteps[0..<3]), [ts[0], ts[5], ts[9]])
         XCTAssertEqual(Array(c.timesteps[3..<6]), [ts[0], ts[5], ts[9]], "the conditional half sees the same steps")
@@ -68,7 +68,7 @@ final class CalibrationSetTests: XCTestCase {
         var o = QFixtures.tinyOptions()
         o.batch = 3
         var calls: [(Int, Int)] = []
-        let c = try CalibrationSet.collect(model: m, options: o) { calls.append(($0, $1)) }
+        let c = try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o) { calls.append(($0, $1)) }
         XCTAssertEqual(c.rows, o.samples)
         XCTAssertNil(c.labels)
         XCTAssertEqual(calls.last?.0, o.trajectories * o.settings.steps)
@@ -84,13 +84,13 @@ final class CalibrationSetTests: XCTestCase {
         for change in [{ (o: inout CalibrationOptions) in o.trajectories = 0 }, { $0.samples = 0 }, { $0.batch = 0 }, { $0.groupSize = 0 }] {
             var o = QFixtures.tinyOptions()
             change(&o)
-            XCTAssertThrowsError(try CalibrationSet.collect(model: m, options: o)) { e in
+            XCTAssertThrowsError(try CalibrationSet.collect(network: m.network, scheduler: m.scheduler, options: o)) { e in
                 guard case .calibration = e as? QuantizationError else { return XCTFail("\(e)") }
             }
         }
         // "timestep" class embeddings need an explicit null class for guidance.
         let v = try QFixtures.load("vpred_tscls_20")
-        XCTAssertThrowsError(try CalibrationSet.collect(model: v, options: QFixtures.tinyOptions())) { e in
+        XCTAssertThrowsError(try CalibrationSet.collect(network: v.network, scheduler: v.scheduler, options: QFixtures.tinyOptions())) { e in
             XCTAssertTrue("\(e)".contains("null-class"), "\(e)")
         }
     }

@@ -110,7 +110,7 @@ final class CostAccountingTests: XCTestCase {
         for l in m.unet.layers { if let p = policy.precision(name: l.name, role: l.role) { precisions[l.name] = p } }
         let costs = ModelCosts(try LayerCosts.measure(m.unet), precisions: precisions)
 
-        let hand = try Self.handLayers(m.unetConfigPath)
+        let hand = try Self.handLayers(m.networkConfigPath)
         let fp32Layers = Set(rules.filter { $0.hasSuffix("=fp32") }.map { String($0.dropLast(5)) })
         let w = try LayerPrecision(parsing: scheme)
         var bops = 0.0, bytes = 0.0, quantizedWeights = 0

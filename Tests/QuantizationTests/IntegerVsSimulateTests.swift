@@ -27,9 +27,9 @@ enum IntegerVsSimulate {
         let options: CalibrationOptions
         let calib: CalibrationSet
         /// The fixture's UNet case (randn x at t = 0, 1, T/2, T−1).
-        let x: Tensor, t: [Float], cond: ClassCondition
+        let x: Tensor, t: [Float], cond: Conditioning
         /// In-distribution inputs: the calibration records.
-        let cx: Tensor, ct: [Float], ccond: ClassCondition
+        let cx: Tensor, ct: [Float], ccond: Conditioning
         let fp32OnCalib: Tensor
         let dir: ScratchDir
 
@@ -39,10 +39,10 @@ enum IntegerVsSimulate {
             var o = QFixtures.tinyOptions(nullClass: nullClass)
             o.groupSize = 16
             options = o
-            calib = try CalibrationSet.collect(model: source, options: o)
+            calib = try CalibrationSet.collect(network: source.network, scheduler: source.scheduler, options: o)
             (x, t, cond) = try QFixtures.unetInputs(name)
             (cx, ct, ccond) = calib.batchForTests(0..<calib.rows)
-            fp32OnCalib = try source.unet(cx, timesteps: ct, condition: ccond)
+            fp32OnCalib = try source.unet.forward(cx, timesteps: ct, conditioning: ccond)
             dir = try ScratchDir(name)
         }
     }
@@ -140,8 +140,8 @@ enum IntegerVsSimulate {
 
         // Forward both, recording every layer's input.
         let ri = Recorder.install(integer), rs = Recorder.install(simulated)
-        let outInt = try integer(c.x, timesteps: c.t, condition: c.cond)
-        let outSim = try simulated(c.x, timesteps: c.t, condition: c.cond)
+        let outInt = try integer.forward(c.x, timesteps: c.t, conditioning: c.cond)
+        let outSim = try simulated.forward(c.x, timesteps: c.t, conditioning: c.cond)
         Recorder.remove(integer, ri); Recorder.remove(simulated, rs)
         XCTAssertTrue(outInt.isFinite && outSim.isFinite, label, file: file, line: line)
         var result = Result()
@@ -175,13 +175,13 @@ enum IntegerVsSimulate {
         }
 
         // (3) The file round-trips: reloaded integer UNet = the in-memory quantized UNet.
-        let outMem = try run.unet(c.x, timesteps: c.t, condition: c.cond)
+        let outMem = try run.unet.forward(c.x, timesteps: c.t, conditioning: c.cond)
         result.file = relativeError(outInt.array, outMem.array)
         XCTAssertLessThanOrEqual(result.file, 1e-6, "\(label): reloaded integer UNet differs from the in-memory one by \(result.file)", file: file, line: line)
 
         // (4) w8a8 near fp32 on in-distribution inputs, but quantized.
         if scheme == "w8a8" {
-            let q = try integer(c.cx, timesteps: c.ct, condition: c.ccond)
+            let q = try integer.forward(c.cx, timesteps: c.ct, conditioning: c.ccond)
             let e = relativeError(q.array, c.fp32OnCalib.array)
             result.fp32 = e
             XCTAssertGreaterThan(e, 0, "\(label): quantized output identical to fp32", file: file, line: line)
@@ -194,8 +194,8 @@ enum IntegerVsSimulate {
 
 extension CalibrationSet {
     /// Rows `range` as a UNet call (the calibration records are in-distribution inputs).
-    func batchForTests(_ range: Range<Int>) -> (Tensor, [Float], ClassCondition) {
-        (x.slice(batch: range), Array(timesteps[range]), labels.map { .labels(Array($0[range])) } ?? .none)
+    func batchForTests(_ range: Range<Int>) -> (Tensor, [Float], Conditioning) {
+        (x.slice(batch: range), Array(timesteps[range]), conditioning.slice(range))
     }
 }
 
@@ -231,7 +231,7 @@ final class IntegerVsSimulateCondAttn28Tests: XCTestCase {
         for w in WeightMethod.allCases {
             let run = try QuantizeHelper.run(c.source, policy: policy, options: c.options, calib: c.calib, weights: w,
                                              adaRoundIterations: w == .adaround ? 400 : nil)
-            errors[w] = relativeError(try run.unet(c.cx, timesteps: c.ct, condition: c.ccond).array, c.fp32OnCalib.array)
+            errors[w] = relativeError(try run.unet.forward(c.cx, timesteps: c.ct, conditioning: c.ccond).array, c.fp32OnCalib.array)
         }
         print("[weights] cond_attn_28 w4a32 UNet error vs fp32 on calibration inputs: " +
               WeightMethod.allCases.map { "\($0.rawValue) \(errors[$0]!)" }.joined(separator: ", "))

@@ -18,13 +18,13 @@ enum QFixtures {
     }
 
     /// The fixture's direct UNet case (N = 4 rows: randn x, timesteps 0, 1, T/2, T−1, labels).
-    static func unetInputs(_ name: String) throws -> (Tensor, [Float], ClassCondition) {
+    static func unetInputs(_ name: String) throws -> (Tensor, [Float], Conditioning) {
         let c = try cases(name)
         let s = try c.info("unet.sample").shape
         let x = Tensor.fromNCHW(try c.floats("unet.sample"), n: s[0], c: s[1], h: s[2], w: s[3])
         let t = try c.floats("unet.timesteps")
-        var cond = ClassCondition.none
-        if c.contains("unet.class_labels") { cond = .labels(try c.floats("unet.class_labels").map { Int($0) }) }
+        var cond = Conditioning.none
+        if c.contains("unet.class_labels") { cond = .classes(try c.floats("unet.class_labels").map { Int($0) }) }
         return (x, t, cond)
     }
 
@@ -67,15 +67,15 @@ enum QuantizeHelper {
     static func run(_ source: DiffusionModel, policy: PrecisionPolicy, options: CalibrationOptions,
                     calib: CalibrationSet? = nil, mode: ExecutionMode = .integer,
                     range: RangeMethod = .mse, weights: WeightMethod = .rtn, adaRoundIterations: Int? = nil) throws -> QuantizedRun {
-        let set = try calib ?? CalibrationSet.collect(model: source, options: options)
+        let set = try calib ?? CalibrationSet.collect(network: source.network, scheduler: source.scheduler, options: options)
         let unet = try DiffusionModel.load(source.directory).unet
         let recipe = QuantizationRecipe(policy: policy, weightMethod: weights, rangeMethod: range, adaRoundIterations: adaRoundIterations)
-        let records = try LayerQuantizer(unet: unet, recipe: recipe, options: options).run(set, mode: mode)
-        let unetText = try String(contentsOfFile: source.unetConfigPath, encoding: .utf8)
+        let records = try LayerQuantizer(network: unet, recipe: recipe, options: options).run(set, mode: mode)
+        let unetText = try String(contentsOfFile: source.networkConfigPath, encoding: .utf8)
         let schedText = try source.schedulerConfigPath.map { try String(contentsOfFile: $0, encoding: .utf8) }
         let variant = QuantizedVariantInfo(name: policy.scheme.description, recipe: recipe,
                                            layers: records.map(QuantizedLayerInfo.init), seconds: nil)
-        let info = QuantizedModelInfo(unetConfig: unetText, schedulerConfig: schedText, sourceModel: source.directory,
+        let info = QuantizedModelInfo(networkConfig: unetText, schedulerConfig: schedText, sourceModel: source.directory,
                                       variants: [variant], calibration: CalibrationInfo(options: options, trajectorySeconds: nil))
         return QuantizedRun(source: source, unet: unet, records: records, info: info)
     }
@@ -142,4 +142,16 @@ func seededNormal(_ shape: [Int], seed: UInt64) -> Tensor {
     var g = GaussianStream(seed: seed, index: 0)
     g.fill(t.data, count: t.count)
     return t
+}
+
+extension DiffusionModel {
+    /// The fixture models are all `UNet2DModel`s; tests reach their concrete API through this.
+    var unet: UNet2D { network as! UNet2D }
+}
+
+extension QuantizedModel {
+    /// Variant `v` as the concrete `UNet2D` of the fixtures.
+    func makeUNet(variant v: Int = 0, mode: ExecutionMode = .integer) throws -> UNet2D {
+        try makeNetwork(variant: v, mode: mode) as! UNet2D
+    }
 }
