@@ -46,6 +46,7 @@ let package = Package(
         .testTarget(name: "WeightRoundingTests", dependencies: ["WeightRounding", "TensorCore"]),
         .testTarget(name: "QuantizationTests", dependencies: ["Quantization", "Diffusion", "TensorCore", "SafeTensors"]),
         .testTarget(name: "CorrectionTests", dependencies: ["Correction", "Diffusion", "TensorCore"]),
+        .testTarget(name: "PipelineTests", dependencies: ["Pipeline", "Correction", "Quantization", "Diffusion", "TensorCore"]),
         .testTarget(name: "CLITests", dependencies: ["PTQDCommands", "SafeTensors", "TensorCore",
                                                      .product(name: "ArgumentParser", package: "swift-argument-parser")],
                     exclude: ["HelpSnapshots"]),
