@@ -11,18 +11,19 @@ import TensorCore
 final class ResnetBlock {
     let norm1: GroupNormParams, norm2: GroupNormParams
     let conv1: WeightLayer, conv2: WeightLayer
-    let timeProj: WeightLayer
+    /// nil in blocks without a time embedding (autoencoder decoders).
+    let timeProj: WeightLayer?
     let shortcut: WeightLayer?
     let scaleShift: Bool
     let resample: Resample
     let outputScale: Float
     enum Resample { case none, up, down }
 
-    init(_ s: WeightStore, _ p: String, in cin: Int, out cout: Int, tembChannels: Int, groups: Int, eps: Float,
+    init(_ s: WeightStore, _ p: String, in cin: Int, out cout: Int, tembChannels: Int?, groups: Int, eps: Float,
          scaleShift: Bool, outputScale: Float, resample: Resample = .none, inputSplit: Int? = nil) throws {
         norm1 = try s.groupNorm("\(p).norm1", channels: cin, groups: groups, eps: eps)
         conv1 = try s.conv("\(p).conv1", role: .conv, .k3(cin, cout), inputSplit: inputSplit)
-        timeProj = try s.linear("\(p).time_emb_proj", role: .timeProjection, in: tembChannels, out: scaleShift ? 2 * cout : cout)
+        timeProj = try tembChannels.map { try s.linear("\(p).time_emb_proj", role: .timeProjection, in: $0, out: scaleShift ? 2 * cout : cout) }
         norm2 = try s.groupNorm("\(p).norm2", channels: cout, groups: groups, eps: eps)
         conv2 = try s.conv("\(p).conv2", role: .conv, .k3(cout, cout))
         shortcut = cin != cout ? try s.conv("\(p).conv_shortcut", role: .shortcut, .k1(cin, cout), inputSplit: inputSplit) : nil
@@ -31,10 +32,10 @@ final class ResnetBlock {
         self.resample = resample
     }
 
-    var layers: [WeightLayer] { [conv1, timeProj, conv2] + (shortcut.map { [$0] } ?? []) }
+    var layers: [WeightLayer] { [conv1] + (timeProj.map { [$0] } ?? []) + [conv2] + (shortcut.map { [$0] } ?? []) }
 
-    /// - x: `[N, H, W, Cin]`; tembSiLU: `SiLU(temb)` `[N, tembChannels]`.
-    func callAsFunction(_ x0: Tensor, tembSiLU: Tensor) -> Tensor {
+    /// - x: `[N, H, W, Cin]`; tembSiLU: `SiLU(temb)` `[N, tembChannels]` (nil for blocks without a time embedding).
+    func callAsFunction(_ x0: Tensor, tembSiLU: Tensor?) -> Tensor {
         var x = x0
         var h = norm1(x, silu: true)
         switch resample {
@@ -43,12 +44,16 @@ final class ResnetBlock {
         case .down: x = Ops.avgPool2x(x); h = Ops.avgPool2x(h)
         }
         h = conv1(h)
-        let t = timeProj(tembSiLU)
-        if scaleShift {
-            h = norm2(h)
-            Ops.scaleShiftInPlace(h, t, silu: true)
+        if let timeProj, let tembSiLU {
+            let t = timeProj(tembSiLU)
+            if scaleShift {
+                h = norm2(h)
+                Ops.scaleShiftInPlace(h, t, silu: true)
+            } else {
+                h = norm2(h, preAdd: t, silu: true)
+            }
         } else {
-            h = norm2(h, preAdd: t, silu: true)
+            h = norm2(h, silu: true)
         }
         h = conv2(h)
         let skip = shortcut.map { $0(x) } ?? x

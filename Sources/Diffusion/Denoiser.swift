@@ -76,7 +76,7 @@ public struct DenoiserArchitecture {
 /// The registry of network families.
 public enum DenoiserArchitectures {
     /// Every family ptqd can run. A new network adds its entry here.
-    public static let all: [DenoiserArchitecture] = [UNet2D.architecture]
+    public static let all: [DenoiserArchitecture] = [UNet2D.architecture, UNet2DCondition.architecture]
 
     /// The `_class_name` of a config (nil if absent).
     public static func className(of config: Data) -> String? {

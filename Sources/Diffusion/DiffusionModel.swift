@@ -48,7 +48,7 @@ public struct DiffusionModel {
                               weightsPath: weights, schedulerConfigPath: sched?.path)
     }
 
-    static func findWeights(in dir: URL) throws -> String {
+    public static func findWeights(in dir: URL) throws -> String {
         let fm = FileManager.default
         for name in ["diffusion_pytorch_model.safetensors", "model.safetensors"] {
             let p = dir.appendingPathComponent(name).path

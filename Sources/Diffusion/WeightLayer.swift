@@ -29,6 +29,8 @@ public enum LayerRole: String, Codable, Sendable, CaseIterable {
     case conv               // 3x3 convs in ResNet blocks and resamplers
     case shortcut           // 1x1 conv_shortcut of ResNet blocks
     case attentionProjection // to_q, to_k, to_v, to_out.0
+    case transformerProjection // Transformer2DModel proj_in / proj_out
+    case feedForward        // BasicTransformerBlock ff.net.0.proj, ff.net.2
 }
 
 /// The shape of a weight layer.

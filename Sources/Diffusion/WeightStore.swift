@@ -74,10 +74,14 @@ final class WeightStore {
         return WeightLayer(name: name, kind: .conv(geometry), role: role, weights: w, bias: b, inputSplit: inputSplit)
     }
 
-    func linear(_ name: String, role: LayerRole, in i: Int, out o: Int) throws -> WeightLayer {
+    func linear(_ name: String, role: LayerRole, in i: Int, out o: Int, bias: Bool = true) throws -> WeightLayer {
         let w = try tensor("\(name).weight", shape: [o, i])
-        let b = try tensor("\(name).bias", shape: [o])
+        let b = bias ? try tensor("\(name).bias", shape: [o]) : nil
         return WeightLayer(name: name, kind: .linear(inFeatures: i, outFeatures: o), role: role, weights: w, bias: b)
+    }
+
+    func layerNorm(_ name: String, channels: Int, eps: Float) throws -> LayerNormParams {
+        LayerNormParams(eps: eps, gamma: try tensor("\(name).weight", shape: [channels]), beta: try tensor("\(name).bias", shape: [channels]))
     }
 
     func groupNorm(_ name: String, channels: Int, groups: Int, eps: Float) throws -> GroupNormParams {
@@ -109,4 +113,12 @@ public struct GroupNormParams {
     func callAsFunction(_ x: Tensor, preAdd: Tensor? = nil, silu: Bool = false) -> Tensor {
         Ops.groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu)
     }
+}
+
+/// LayerNorm's parameters over the last dimension: `gamma`, `beta` are `[D]`.
+public struct LayerNormParams {
+    public let eps: Float
+    public let gamma: [Float]
+    public let beta: [Float]
+    func callAsFunction(_ x: Tensor) -> Tensor { Ops.layerNorm(x, gamma: gamma, beta: beta, eps: eps) }
 }
