@@ -16,6 +16,17 @@ public struct DiffusionModel {
     public let weightsPath: String
     /// Where the scheduler config came from (nil = diffusers DDIM defaults).
     public let schedulerConfigPath: String?
+    /// The first-stage decoder of a latent pipeline (`vae/` or `vqvae/`); nil for pixel-space models.
+    public var decoder: LatentDecoder? = nil
+    /// Its folder.
+    public var decoderPath: String? = nil
+
+    /// `[H, W, C]` of the images the pipeline produces (decoded for latent pipelines).
+    public var imageShape: [Int] {
+        guard let d = decoder else { return network.sampleShape }
+        let s = network.sampleShape
+        return [s[0] * d.factor, s[1] * d.factor, d.outChannels]
+    }
 
     public static func load(_ path: String) throws -> DiffusionModel {
         let fm = FileManager.default
@@ -38,14 +49,43 @@ public struct DiffusionModel {
         }
         let weights = try findWeights(in: unetDir)
         let file = try SafeTensorsFile(path: weights)
-        let network = try DenoiserArchitectures.load(configJSON: configData, configFile: configPath, weights: file)
+        var network = try DenoiserArchitectures.load(configJSON: configData, configFile: configPath, weights: file)
+        // A pipeline folder (model_index.json): the first-stage decoder and an optional class embedder.
+        var decoder: LatentDecoder? = nil, decoderPath: String? = nil
+        let index = base.appendingPathComponent("model_index.json")
+        if unetDir != base, let data = fm.contents(atPath: index.path) {
+            guard let obj = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+                throw ModelError.invalidJSON(path: index.path, reason: "not a JSON object")
+            }
+            for component in obj.keys where !component.hasPrefix("_") {
+                guard fm.fileExists(atPath: base.appendingPathComponent(component).path) else {
+                    throw ModelError.missingFile(path: base.appendingPathComponent(component).path, hint: "model_index.json names component '\(component)'; restore the folder or remove the entry")
+                }
+            }
+            let vae = ["vqvae", "vae"].first { obj[$0] != nil }
+            if let name = vae {
+                let d = try LatentDecoder.load(directory: base.appendingPathComponent(name).path)
+                guard d.latentChannels == network.sampleShape[2] else {
+                    throw ModelError.invalidInput("\(name)/ decodes \(d.latentChannels)-channel latents but the UNet denoises \(network.sampleShape[2]) channels; the components do not belong together")
+                }
+                decoder = d; decoderPath = base.appendingPathComponent(name).path
+            }
+            if obj["class_embedder"] != nil {
+                guard let u = network as? UNet2DCondition else {
+                    throw ModelError.invalidInput("\(index.path): a class_embedder needs a UNet2DConditionModel, not \(network.architecture)")
+                }
+                network = try ClassContextDenoiser(unet: u, embedder: try ClassEmbedder.load(directory: base.appendingPathComponent("class_embedder").path))
+            }
+        }
         let candidates = [base.appendingPathComponent("scheduler/scheduler_config.json"),
                           unetDir.appendingPathComponent("scheduler_config.json"),
                           unetDir.deletingLastPathComponent().appendingPathComponent("scheduler/scheduler_config.json")]
         let sched = candidates.first { fm.fileExists(atPath: $0.path) }
         let schedConfig = try sched.map { try SchedulerConfig(path: $0.path) } ?? .ddimDefault
-        return DiffusionModel(directory: path, network: network, scheduler: schedConfig, networkConfigPath: configPath,
-                              weightsPath: weights, schedulerConfigPath: sched?.path)
+        var model = DiffusionModel(directory: path, network: network, scheduler: schedConfig, networkConfigPath: configPath,
+                                   weightsPath: weights, schedulerConfigPath: sched?.path)
+        model.decoder = decoder; model.decoderPath = decoderPath
+        return model
     }
 
     public static func findWeights(in dir: URL) throws -> String {

@@ -13,8 +13,9 @@ struct Sample: ParsableCommand {
         abstract: "Generate images from a diffusion model into a PNG grid (and optionally raw tensors).",
         discussion: """
         Noise is drawn per image from (seed, image index), so results do not depend on --batch.
-        --noise reads x_T from a safetensors file (tensor 'noise', NCHW like diffusers);
-        --save-tensors writes the final x_0 before clamping (tensor 'samples', NCHW) and the labels.
+        --model may be a latent-diffusion pipeline folder (model_index.json, unet/, vae/ or vqvae/, scheduler/,         optionally class_embedder/): latents are sampled, divided by the decoder's scaling_factor and decoded.
+        --noise reads x_T from a safetensors file (tensor 'noise', NCHW like diffusers; latents for a pipeline);
+        --save-tensors writes the final samples before clamping (tensor 'samples', NCHW, decoded), the final         'latents' of a latent pipeline (before any codebook lookup) and the labels.
         """)
 
     @OptionGroup var model: ModelOptions
@@ -44,6 +45,7 @@ struct Sample: ParsableCommand {
     func run() throws {
         runtime.apply()
         let model = try PipelineModel.make(model: self.model, quantized: quant)
+        if quant.quantized != nil, self.model.model != nil { try model.attachDecoder(from: try self.model.load()) }
         let settings = sampler.settings(for: model.scheduler)
         let s = try model.sampler(settings, warn: note)
         let space = try model.conditioningSpace(settings)
@@ -67,11 +69,15 @@ struct Sample: ParsableCommand {
             guard result.isFinite else { throw ValidationError("sampling produced NaN/Inf (check the model weights and --guidance)") }
             outputs.append(result)
         })
-        let samples = Tensor.concatenate(batch: outputs)
+        let latents = Tensor.concatenate(batch: outputs)
+        let samples = try model.decode(latents)
+        guard samples.isFinite else { throw ValidationError("decoding produced NaN/Inf (check the decoder weights)") }
+        let img = model.imageShape
         if let path = saveTensors {  // before the grid: the raw tensors never depend on how they can be drawn
             var writer = SafeTensorsWriter(metadata: ["format": "ptqd-samples", "settings": settings.jsonString,
                                                       "seed": "\(seed)", "model": model.path])
-            try writer.add("samples", floats: samples.toNCHW(), shape: [n, c, h, w])
+            if model.decoder != nil { try writer.add("latents", floats: latents.toNCHW(), shape: [n, c, h, w]) }
+            try writer.add("samples", floats: samples.toNCHW(), shape: [n, img[2], img[0], img[1]])
             if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
             try writer.write(to: path)
         }
@@ -82,7 +88,9 @@ struct Sample: ParsableCommand {
         print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",
                      out, n, settings.kind.rawValue, settings.steps, settings.eta, guidance, secs, Double(n) / secs)
               + (model.quantized != nil ? " [\(model.label)]" : ""))
-        if let p = saveTensors { print("wrote \(p): samples [\(n), \(c), \(h), \(w)] fp32") }
+        if let p = saveTensors {
+            print("wrote \(p): " + (model.decoder != nil ? "latents [\(n), \(c), \(h), \(w)], " : "") + "samples [\(n), \(img[2]), \(img[0]), \(img[1])] fp32")
+        }
     }
 }
 

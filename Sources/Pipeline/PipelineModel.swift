@@ -64,6 +64,39 @@ public final class PipelineModel {
     /// The file holding the weights.
     public let weightsFile: String
     private var digest: String?
+    /// The first-stage decoder of a latent pipeline (fp32); nil for pixel-space models. A quantized file of a latent
+    /// pipeline takes it from its source folder (`attachDecoder`).
+    public private(set) var decoder: LatentDecoder?
+
+    /// Uses `model`'s decoder (a quantized file sampled next to its source pipeline folder).
+    public func attachDecoder(from model: DiffusionModel) throws {
+        guard let d = model.decoder else { return }
+        guard d.latentChannels == network.sampleShape[2] else {
+            throw PipelineError("\(model.decoderPath ?? model.directory) decodes \(d.latentChannels)-channel latents but \(path) denoises \(network.sampleShape[2]) channels")
+        }
+        decoder = d
+    }
+
+    /// `[H, W, C]` of the images this model produces (decoded for latent pipelines).
+    public var imageShape: [Int] {
+        guard let d = decoder else { return network.sampleShape }
+        let s = network.sampleShape
+        return [s[0] * d.factor, s[1] * d.factor, d.outChannels]
+    }
+
+    /// Final latents `[N, h, w, c]` → images `[N, H, W, C]`: divided by the decoder's scaling factor and decoded in
+    /// batches of `batch`; the identity for pixel-space models.
+    public func decode(_ latents: Tensor, batch: Int = 16) throws -> Tensor {
+        guard let d = decoder else { return latents }
+        var parts: [Tensor] = []
+        let n = latents.shape[0]
+        for start in stride(from: 0, to: n, by: max(batch, 1)) {
+            let z = latents.slice(batch: start..<min(start + batch, n)).copy()
+            for i in 0..<z.count { z.data[i] /= d.scalingFactor }  // latents / scaling_factor, as diffusers divides
+            parts.append(try d.decode(z))
+        }
+        return Tensor.concatenate(batch: parts)
+    }
 
     /// Content digest of `weightsFile` (``SafeTensorsFile/contentDigest()``), computed once on first use.
     public func weightsDigest() throws -> String {
@@ -75,6 +108,7 @@ public final class PipelineModel {
 
     public init(fp32 model: DiffusionModel) {
         label = "fp32"; network = model.network; scheduler = model.scheduler; quantized = nil; precisions = [:]
+        decoder = model.decoder
         networks = [network]; correction = nil; correctionSettings = .off; force = false; variantPrecisions = [[:]]
         path = model.directory
         weightsFile = model.weightsPath
