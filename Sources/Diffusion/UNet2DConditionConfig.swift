@@ -136,8 +136,14 @@ public struct UNet2DConditionConfig: Equatable, Sendable {
         guard normNumGroups > 0, blockOutChannels.allSatisfy({ $0 % normNumGroups == 0 }) else {
             throw bad("norm_num_groups", "\(normNumGroups) must divide every block_out_channels entry")
         }
-        for (i, h) in heads.enumerated() {
-            guard h > 0, blockOutChannels[i] % h == 0 else { throw bad("attention_head_dim", "\(h) heads do not divide \(blockOutChannels[i]) channels (block \(i))") }
+        // Heads must divide the channels of every transformer that uses them (blocks without attention do not).
+        let rev = Array(blockOutChannels.reversed()), revHeads = Array(heads.reversed())
+        var uses: [(heads: Int, channels: Int, at: String)] = [(heads.last!, blockOutChannels.last!, "mid block")]
+        for (i, b) in downBlocks.enumerated() where b == .crossAttention { uses.append((heads[i], blockOutChannels[i], "down block \(i)")) }
+        for (i, b) in upBlocks.enumerated() where b == .crossAttention { uses.append((revHeads[i], rev[i], "up block \(i)")) }
+        if let u = heads.first(where: { $0 <= 0 }) { throw bad("attention_head_dim", "head counts must be positive, got \(u)") }
+        for u in uses where u.channels % u.heads != 0 {
+            throw bad("attention_head_dim", "\(u.heads) heads do not divide \(u.channels) channels (\(u.at))")
         }
         guard crossAttentionDim > 0, crossAttentionDim <= 1 << 16 else { throw bad("cross_attention_dim", "must be in 1...65536") }
         if let n = numClassEmbeds, n <= 0 || n > 1_000_000 { throw bad("num_class_embeds", "must be in 1...1000000") }

@@ -48,7 +48,7 @@ struct Evaluate: ParsableCommand {
         runtime.apply()
         let fp = PipelineModel(fp32: try model.load())
         let q = try quant.load()
-        if let q { try q.checkPairs(with: fp) }
+        if let q { try q.checkPairs(with: fp); try q.attachDecoder(from: try model.load()) }
         let settings = sampler.settings(for: fp.scheduler)
         let space = try fp.conditioningSpace(settings)
         guard case .classLabels(_?) = space.kind else {
@@ -167,11 +167,17 @@ struct Evaluate: ParsableCommand {
         var progress: ProgressReporter? = nil
         var last = 0
         do {
-            return try run.run(conditioning: { .classes(Array(labels[$0])) }, timeBudget: timeBudget.map { $0 * 60 },
+            let s = try run.run(conditioning: { .classes(Array(labels[$0])) }, timeBudget: timeBudget.map { $0 * 60 },
                                note: { if !quiet { note("evaluate: " + $0) } }, progress: { done, total in
                 if progress == nil { progress = ProgressReporter(label: "evaluate: sampling \(r.label)", total: total, unit: "img·steps", enabled: !quiet) }
                 progress!.advance(done - last); last = done
             })
+            guard r.decoder != nil else { return s }
+            // Latent pipeline: decode (its time counts toward the end-to-end cost).
+            let t0 = Date()
+            let images = try r.decode(s.images)
+            guard images.isFinite else { throw ValidationError("decoding produced NaN/Inf") }
+            return GeneratedSamples(images: images, seconds: s.seconds + Date().timeIntervalSince(t0), peakResidentBytes: s.peakResidentBytes)
         } catch let e as ResumableSampling.OutOfTime {
             note("evaluate: --time-budget reached at image \(e.done)/\(e.total) of \(r.label); samples saved to \(e.path); run the same command again to continue")
             throw ExitCode(75)

@@ -50,6 +50,10 @@ public struct GeneratedSamples {
     public let seconds: Double
     /// Peak RSS of this process while it sampled (nil when the samples were reused from a finished checkpoint).
     public let peakResidentBytes: Int?
+
+    public init(images: Tensor, seconds: Double, peakResidentBytes: Int?) {
+        self.images = images; self.seconds = seconds; self.peakResidentBytes = peakResidentBytes
+    }
 }
 
 /// Sampling n images of a run with checkpoints: resumes a matching prefix, reuses a finished run, stops at a
