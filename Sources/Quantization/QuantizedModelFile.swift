@@ -95,6 +95,9 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
 enum QuantizedTensorName {
     static func weights(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).qweight" }
     static func scales(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).wscale" }
+    /// The class embedder of a class-conditional latent pipeline (LDM cin256), fp32 `[K, D]`.
+    static let classEmbedder = "ptqd.class_embedder.embedding.weight"
+    static let classEmbedderAttachment = "class_embedder"
     static let prefix = "ptqd."
 }
 
@@ -181,6 +184,12 @@ public final class QuantizedModel {
             }
             variants.append(layers)
         }
+        if info.attachments[QuantizedTensorName.classEmbedderAttachment] != nil {
+            guard file.contains(QuantizedTensorName.classEmbedder) else {
+                throw QuantizationError.file(path: path, reason: "metadata names a class embedder but tensor \(QuantizedTensorName.classEmbedder) is missing")
+            }
+            referenced.insert(QuantizedTensorName.classEmbedder)
+        }
         let stray = file.names.filter { $0.hasPrefix(QuantizedTensorName.prefix) && !referenced.contains($0) }
         guard stray.isEmpty else {
             throw QuantizationError.file(path: path, reason: "tensors not described by the metadata: \(stray.prefix(3).joined(separator: ", "))")
@@ -211,7 +220,15 @@ public final class QuantizedModel {
         if let unknown = fitted.keys.sorted().first {
             throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in the model config")
         }
-        return network
+        guard let embedderJSON = info.attachments[QuantizedTensorName.classEmbedderAttachment] else { return network }
+        struct EmbedderInfo: Decodable { var num_classes: Int; var embed_dim: Int; var null_class: Int }
+        guard let e = try? JSONDecoder().decode(EmbedderInfo.self, from: Data(embedderJSON.utf8)),
+              let unet = network as? UNet2DCondition else {
+            throw QuantizationError.file(path: path, reason: "its class embedder record is malformed or does not fit the network; re-create the file")
+        }
+        let embedder = try ClassEmbedder(numClasses: e.num_classes, embedDim: e.embed_dim, nullClass: e.null_class,
+                                         table: try file.floats(QuantizedTensorName.classEmbedder, expectedShape: [e.num_classes, e.embed_dim]))
+        return try ClassContextDenoiser(unet: unet, embedder: embedder)
     }
 
     /// Writes a quantized model atomically.
@@ -224,11 +241,19 @@ public final class QuantizedModel {
         // Drop a layer's fp32 weight only if every variant quantizes it.
         let quantizedEverywhere = variants.map { Set($0.map(\.name)) }.reduce(nil as Set<String>?) { acc, s in acc.map { $0.intersection(s) } ?? s } ?? []
         let dropped = Set(quantizedEverywhere.flatMap(LegacyAttentionNames.weightKeys))
+        var info = info
+        if let c = source.network as? ClassContextDenoiser {
+            info.attachments[QuantizedTensorName.classEmbedderAttachment] =
+                "{\"embed_dim\":\(c.embedder.embedDim),\"null_class\":\(c.embedder.nullClass),\"num_classes\":\(c.embedder.numClasses)}"
+        }
         let encoder = JSONEncoder(); encoder.outputFormatting = [.sortedKeys]
         let json = String(data: try encoder.encode(info), encoding: .utf8)!
         var w = SafeTensorsWriter(metadata: ["ptqd": json, "format": "pt"])
         for name in src.names where !dropped.contains(name) {
             try w.add(name, floats: try src.floats(name), shape: try src.info(name).shape)
+        }
+        if let c = source.network as? ClassContextDenoiser {
+            try w.add(QuantizedTensorName.classEmbedder, floats: c.embedder.table, shape: [c.embedder.numClasses, c.embedder.embedDim])
         }
         for (v, layers) in variants.enumerated() {
             for l in layers {
