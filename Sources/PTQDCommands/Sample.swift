@@ -25,6 +25,8 @@ struct Sample: ParsableCommand {
 
     @Option(help: "output PNG grid") var out: String
     @Option(name: .customLong("class"), help: "generate only this class label") var classLabel: Int?
+    @Option(help: ArgumentHelp("cross-attention contexts for a text-conditioned model: safetensors with 'context' [n or 1, L, D] and, for guidance, 'null_context' [1, L, D]", valueName: "file"))
+    var context: String?
     @Option(help: "'all': equal numbers of every class, one grid row per class") var classes: String?
     @Option(help: "number of images") var n: Int = 64
     @Option(help: "images per UNet batch (guidance doubles it)") var batch: Int = 32
@@ -38,6 +40,7 @@ struct Sample: ParsableCommand {
         guard n >= 1 else { throw ValidationError("--n must be >= 1, got \(n)") }
         guard batch >= 1 else { throw ValidationError("--batch must be >= 1, got \(batch)") }
         if classLabel != nil && classes != nil { throw ValidationError("use either --class N or --classes all, not both") }
+        if context != nil && (classLabel != nil || classes != nil) { throw ValidationError("--context replaces class labels: do not combine it with --class/--classes") }
         if let c = classes, c != "all" { throw ValidationError("--classes accepts only 'all', got '\(c)'") }
         guard out.lowercased().hasSuffix(".png") else { throw ValidationError("--out must name a .png file, got '\(out)'") }
     }
@@ -47,9 +50,17 @@ struct Sample: ParsableCommand {
         let model = try PipelineModel.make(model: self.model, quantized: quant)
         if quant.quantized != nil, self.model.model != nil { try model.attachDecoder(from: try self.model.load()) }
         let settings = sampler.settings(for: model.scheduler)
+        let contexts = try context.map { try model.loadContexts(file: $0, count: n) }
+        if case .context = model.network.conditioningKind, contexts == nil {
+            throw ValidationError("this model is conditioned on a cross-attention context: pass --context FILE ('context' [n or 1, L, D], 'null_context' [1, L, D] for guidance)")
+        }
+        if contexts != nil && settings.guidance != 1 && model.nullContext == nil {
+            throw ValidationError("guidance \(settings.guidance) needs 'null_context' [1, L, D] in \(context!); add it or pass --guidance 1")
+        }
         let s = try model.sampler(settings, warn: note)
         let space = try model.conditioningSpace(settings)
-        let plan = try LabelPlan(space: space, n: n, single: classLabel, all: classes == "all")
+        let plan = contexts != nil ? try LabelPlan(space: ConditioningSpace(kind: .unconditional), n: n, single: nil, all: false)
+            : try LabelPlan(space: space, n: n, single: classLabel, all: classes == "all")
         let shape = model.network.sampleShape
         let (h, w, c) = (shape[0], shape[1], shape[2])
         var xT: Tensor? = nil
@@ -62,7 +73,7 @@ struct Sample: ParsableCommand {
         let progress = ProgressReporter(label: "sample", total: n * s.scheduler.timesteps.count, unit: "img·steps", enabled: !quiet)
         var outputs: [Tensor] = []
         try s.generate(images: 0..<n, batch: batch, seed: seed, shape: shape,
-                       conditioning: { r in plan.labels.map { .classes(Array($0[r])) } ?? .none },
+                       conditioning: { r in contexts.map { .context($0.slice(batch: r)) } ?? plan.labels.map { .classes(Array($0[r])) } ?? .none },
                        initialNoise: xT.map { t in { r in t.slice(batch: r) } },
                        hooks: { r in SamplerHooks(didStep: { _, _ in progress.advance(r.count) }) },
                        onBatch: { _, result in

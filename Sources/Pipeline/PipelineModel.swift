@@ -153,7 +153,37 @@ public final class PipelineModel {
     public func conditioningSpace(_ settings: SamplerSettings) throws -> ConditioningSpace { try predictor(settings).space }
 
     private func guided(_ n: Denoiser, _ settings: SamplerSettings) throws -> GuidedDenoiser {
-        try GuidedDenoiser(network: n, guidance: settings.guidance, nullClass: settings.nullClass)
+        try GuidedDenoiser(network: n, guidance: settings.guidance, nullClass: settings.nullClass, nullContext: nullContext)
+    }
+
+    /// The unconditional context `[1, L, D]` of a context-conditioned network (for guidance).
+    public var nullContext: Tensor?
+
+    /// Contexts for `n` images from a safetensors file: `context` `[n or 1, L, D]` (one row is used for every image)
+    /// and optionally `null_context` `[1, L, D]` (stored in `nullContext`). Checks the width against the network.
+    public func loadContexts(file path: String, count n: Int) throws -> Tensor {
+        guard case let .context(width) = network.conditioningKind else {
+            throw PipelineError("--context applies to cross-attention models; \(path) was given for a \(network.architecture) that takes \(network.isConditional ? "class labels" : "no conditioning")")
+        }
+        let f = try SafeTensorsFile(path: path)
+        guard f.contains("context") else { throw PipelineError("\(path): no tensor 'context' ([N or 1, L, \(width)])") }
+        let shape = try f.info("context").shape
+        guard shape.count == 3, shape[0] == n || shape[0] == 1, shape[1] >= 1, shape[2] == width else {
+            throw PipelineError("\(path): 'context' must be [\(n) or 1, L, \(width)] for this model, got \(shape)")
+        }
+        let values = try f.floats("context", expectedShape: shape)
+        guard values.allSatisfy({ $0.isFinite }) else { throw PipelineError("\(path): 'context' contains NaN or Inf") }
+        let t = Tensor(shape: [n, shape[1], width])
+        let per = shape[1] * width
+        for i in 0..<n { for j in 0..<per { t.data[i * per + j] = values[(shape[0] == 1 ? 0 : i) * per + j] } }
+        if f.contains("null_context") {
+            let ns = try f.info("null_context").shape
+            guard ns == [1, shape[1], width] else { throw PipelineError("\(path): 'null_context' must be [1, \(shape[1]), \(width)], got \(ns)") }
+            let nv = try f.floats("null_context", expectedShape: ns)
+            guard nv.allSatisfy({ $0.isFinite }) else { throw PipelineError("\(path): 'null_context' contains NaN or Inf") }
+            nullContext = Tensor(shape: ns, values: nv)
+        }
+        return t
     }
 
     /// The settings the file's statistics/plan (or, without them, its calibration) were made for.
