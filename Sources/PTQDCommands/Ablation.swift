@@ -75,7 +75,7 @@ struct Ablation: ParsableCommand {
         var fpReport: EvaluationReport? = nil
         var commands: [String] = []
         for i in rows.indices {
-            let dir = base.appendingPathComponent("row\(i)\(keepNegativeK ? "-negk" : "")").path
+            let dir = base.appendingPathComponent("row\(i)-\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "")").path
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
