@@ -25,6 +25,8 @@ struct Quantize: ParsableCommand {
     @Option(help: "bits: w8a8, w4a8, w4a4, w8a32, w4a32 (wXaY, X in 2...8, Y in 2...8 or 32)") var scheme: LayerPrecision
     @Option(help: "weight rounding: rtn, adaround or gptq") var weights: WeightMethod = .rtn
     @Option(help: "FP trajectories for calibration") var calib: Int = 256
+    @Option(name: .customLong("calib-context"), help: ArgumentHelp("contexts for calibrating a cross-attention model: safetensors with 'context' [K, L, D] (trajectory i uses row i mod K) and 'null_context' [1, L, D] for guidance", valueName: "file"))
+    var calibContext: String?
     @Option(name: .customLong("calib-samples"), help: "calibration records drawn from them (default: --calib)") var calibSamples: Int?
     @OptionGroup(title: "Sampler calibrated for") var sampler: SamplerOptions
     @Option(name: .customLong("keep-8bit"), help: "layers kept at 8 bits: comma list of first, last, time, or none") var keep8bit: KeepEightBitList = KeepEightBitList(KeepEightBit.allCases)
@@ -86,8 +88,13 @@ struct Quantize: ParsableCommand {
         let options = calibrationOptions(source)
         let started = Date()
         let recipes = schemes.map { recipe(scheme: $0) }
+        // Contexts of a cross-attention model: trajectory i gets row i mod K (calibration and statistics alike).
+        let contexts = try calibContext.map { try CalibrationContexts(file: $0, network: source.network) }
+        if case .context = source.network.conditioningKind, contexts == nil {
+            throw ValidationError("\(source.directory) is conditioned on a cross-attention context: pass --calib-context FILE")
+        }
         // Stage 1: FP trajectories.
-        let calibSet = try collectCalibration(source, options)
+        let calibSet = try collectCalibration(source, options, contexts: contexts)
         let trajectorySeconds = Date().timeIntervalSince(started)
         // Stage 2: sequential layer quantization, per variant.
         var variants: [(recipe: QuantizationRecipe, records: [QuantizedLayer], seconds: Double, network: Denoiser)] = []
@@ -108,7 +115,8 @@ struct Quantize: ParsableCommand {
                                             total: statsTrajectories * steps, unit: "img·steps", enabled: !quiet)
             var last = 0
             let (doc, keep) = try CorrectionMeasurement.measure(fp: source.network, scheduler: source.scheduler, settings: options.settings,
-                                                                variants: variants.map { ($0.network, $0.records) }, options: mo) { done, _ in
+                                                                variants: variants.map { ($0.network, $0.records) }, options: mo,
+                                                                conditioning: contexts.map { c in { try c.rows($0) } }, nullContext: contexts?.null) { done, _ in
                 progress.advance(done - last); last = done
             }
             variants = keep.map { variants[$0] }
@@ -135,11 +143,12 @@ struct Quantize: ParsableCommand {
         }
     }
 
-    func collectCalibration(_ source: DiffusionModel, _ options: CalibrationOptions) throws -> CalibrationSet {
+    func collectCalibration(_ source: DiffusionModel, _ options: CalibrationOptions, contexts: CalibrationContexts?) throws -> CalibrationSet {
         let steps = try Sampler.makeScheduler(options.settings, config: source.scheduler).timesteps.count
         let progress = ProgressReporter(label: "quantize 1/3: FP trajectories", total: options.trajectories * steps, unit: "img·steps", enabled: !quiet)
         var last = 0
-        return try CalibrationSet.collect(network: source.network, scheduler: source.scheduler, options: options) { done, _ in
+        return try CalibrationSet.collect(network: source.network, scheduler: source.scheduler, options: options,
+                                          conditioning: contexts.map { c in { try c.rows($0) } }, nullContext: contexts?.null) { done, _ in
             progress.advance(done - last); last = done
         }
     }
@@ -235,4 +244,35 @@ extension PrecisionRule: ExpressibleByArgument {
 }
 extension RangeMethod: ExpressibleByArgument {
     public init?(argument: String) { try? self.init(parsing: argument) }
+}
+
+/// `--calib-context FILE`: contexts `[K, L, D]` cycled over trajectories, and the null context.
+struct CalibrationContexts {
+    let context: Tensor
+    let null: Tensor?
+
+    init(file: String, network: Denoiser) throws {
+        guard case let .context(width) = network.conditioningKind else {
+            throw ValidationError("--calib-context applies to cross-attention models; this one is \(network.architecture)")
+        }
+        let f = try SafeTensorsFile(path: file)
+        guard f.contains("context") else { throw ValidationError("\(file): no tensor 'context' [K, L, \(width)]") }
+        let shape = try f.info("context").shape
+        guard shape.count == 3, shape[0] >= 1, shape[1] >= 1, shape[2] == width else {
+            throw ValidationError("\(file): 'context' must be [K, L, \(width)] for this model, got \(shape)")
+        }
+        let v = try f.floats("context", expectedShape: shape)
+        guard v.allSatisfy({ $0.isFinite }) else { throw ValidationError("\(file): 'context' contains NaN or Inf") }
+        context = Tensor(shape: shape, values: v)
+        if f.contains("null_context") {
+            let ns = try f.info("null_context").shape
+            guard ns == [1, shape[1], width] else { throw ValidationError("\(file): 'null_context' must be [1, \(shape[1]), \(width)], got \(ns)") }
+            null = Tensor(shape: ns, values: try f.floats("null_context", expectedShape: ns))
+        } else { null = nil }
+    }
+
+    /// The contexts of trajectories `range` (row i mod K).
+    func rows(_ range: Range<Int>) throws -> Conditioning {
+        .context(context.gather(batch: range.map { $0 % context.shape[0] }))
+    }
 }

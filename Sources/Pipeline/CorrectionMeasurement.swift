@@ -9,6 +9,7 @@ import Correction
 import Diffusion
 import Foundation
 import Quantization
+import TensorCore
 
 /// What the correction is measured with and what it stores as the default.
 public struct CorrectionMeasurementOptions {
@@ -34,15 +35,16 @@ public enum CorrectionMeasurement {
     /// - Returns: the document and the variant indices it describes (the chosen pair for `auto`).
     public static func measure(fp: Denoiser, scheduler schedulerConfig: SchedulerConfig, settings: SamplerSettings,
                                variants: [(network: Denoiser, records: [QuantizedLayer])], options o: CorrectionMeasurementOptions,
-                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil,
+                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil, nullContext: Tensor? = nil,
                                progress: ((Int, Int) -> Void)? = nil) throws -> (CorrectionDocument, [Int]) {
         let scheduler = try Sampler.makeScheduler(settings, config: schedulerConfig)
-        let fpPredictor = try GuidedDenoiser(network: fp, guidance: settings.guidance, nullClass: settings.nullClass)
-        let qs = try variants.map { try GuidedDenoiser(network: $0.network, guidance: settings.guidance, nullClass: settings.nullClass) }
+        let fpPredictor = try GuidedDenoiser(network: fp, guidance: settings.guidance, nullClass: settings.nullClass, nullContext: nullContext)
+        let qs = try variants.map { try GuidedDenoiser(network: $0.network, guidance: settings.guidance, nullClass: settings.nullClass, nullContext: nullContext) }
         let cond: (Range<Int>) throws -> Conditioning
         if let conditioning { cond = conditioning } else {
             let classes = max(fpPredictor.space.realClasses, 1)
             let conditional = fpPredictor.space.isConditional
+            if case .context = fp.conditioningKind { throw CorrectionError.invalid("statistics for a cross-attention model need contexts (--calib-context FILE)") }
             cond = { r in conditional ? .classes(r.map { $0 % classes }) : .none }
         }
         let t0 = Date()

@@ -62,11 +62,12 @@ public struct CalibrationSet {
     ///   - conditioning: conditioning of FP trajectories `range` (nil: class-balanced labels for class-label models,
     ///     none for unconditional ones).
     ///   - progress: called with (images·steps done, total).
+    ///   - nullContext: `[1, L, D]`, the unconditional context of a context-conditioned network (for guidance).
     public static func collect(network: Denoiser, scheduler schedulerConfig: SchedulerConfig, options o: CalibrationOptions,
-                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil,
+                               conditioning: ((Range<Int>) throws -> Conditioning)? = nil, nullContext: Tensor? = nil,
                                progress: ((Int, Int) -> Void)? = nil) throws -> CalibrationSet {
         try o.validate()
-        let guided = try GuidedDenoiser(network: network, guidance: o.settings.guidance, nullClass: o.settings.nullClass)
+        let guided = try GuidedDenoiser(network: network, guidance: o.settings.guidance, nullClass: o.settings.nullClass, nullContext: nullContext)
         let scheduler = try Sampler.makeScheduler(o.settings, config: schedulerConfig)
         let sampler = Sampler(scheduler: scheduler, predictor: guided)
         let steps = scheduler.timesteps.count

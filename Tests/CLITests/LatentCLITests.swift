@@ -51,4 +51,28 @@ final class LatentCLITests: CLITestCase {
         XCTAssertNotEqual(both.code, 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("m.png")), "nothing written on error")
     }
+
+    /// Quantizing a cross-attention UNet calibrates on the given contexts (with their null context for guidance),
+    /// measures PTQD statistics on them, and the file samples with --context.
+    func testQuantizeCrossAttentionUNetWithCalibrationContexts() throws {
+        let ctx = tmpPath("ctx.safetensors")
+        var w = SafeTensorsWriter()
+        try w.add("context", floats: (0..<(3 * 5 * 32)).map { Float($0 % 11) * 0.05 - 0.2 }, shape: [3, 5, 32])
+        try w.add("null_context", floats: [Float](repeating: 0, count: 5 * 32), shape: [1, 5, 32])
+        try w.write(to: ctx)
+        let model = fixturePath("ldm_unet_heads8"), file = tmpPath("q.safetensors")
+        let missing = try run(["quantize", "--model", model, "--scheme", "w8a8", "--calib", "4", "--steps", "4", "--out", file])
+        XCTAssertNotEqual(missing.code, 0); XCTAssertTrue(missing.err.contains("--calib-context"), missing.err)
+        let q = try run(["quantize", "--model", model, "--scheme", "w8a8", "--calib", "4", "--steps", "4", "--calib-context", ctx,
+                         "--correct", "ptqd", "--stats-trajectories", "4", "--out", file, "--quiet"])
+        XCTAssertEqual(q.code, 0, q.err)
+        XCTAssertTrue(q.out.contains("layers quantized"), q.out)
+        let s = try run(["sample", "--model", model, "--quantized", file, "--n", "2", "--steps", "4", "--context", ctx,
+                         "--out", tmpPath("qs.png"), "--quiet"])
+        XCTAssertNotEqual(s.code, 0, "a 2-image run cannot use a 3-row context file"); XCTAssertTrue(s.err.contains("[2 or 1, L, 32]"), s.err)
+        let s3 = try run(["sample", "--model", model, "--quantized", file, "--n", "3", "--steps", "4", "--context", ctx,
+                          "--out", tmpPath("qs.png"), "--quiet"])
+        XCTAssertEqual(s3.code, 0, s3.err)
+        XCTAssertTrue(s3.out.contains("w8a8 +ptqd"), s3.out)
+    }
 }
