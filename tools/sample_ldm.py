@@ -1,6 +1,9 @@
 #!/usr/bin/env python3
 """Sample the exported class-conditional latent-diffusion folder (models/fmnist-ldm) the diffusers way.
 
+The first stage is the folder's vae/ (AutoencoderKL, KL-f4) or vqvae/ (VQModel, VQ-f4), whichever model_index.json
+names (else whichever exists).
+
 Reference tool (conformance fixtures for the Swift implementation): plain diffusers modules, no training-time
 shortcuts. One exception: every Attention gets tools/torch_attention.py's BmmAttnProcessor, which is
 diffusers' AttnProcessor math with bmm(q, k^T) * scale in place of baddbmm(torch.empty(..), q, k^T, beta=0):
@@ -13,7 +16,8 @@ processor's where it is finite (checked: max difference 0.0).
   for t in DDIMScheduler(steps).timesteps:
       eps_u, eps_c = unet(cat([x, x]), t, encoder_hidden_states=context).sample.chunk(2)
       x = scheduler.step(eps_u + s * (eps_c - eps_u), t, x, eta, variance_noise=step_noise[i]).prev_sample
-  latents = x;  samples = vqvae.decode(latents / scaling_factor).sample   (decode looks up the nearest code first)
+  latents = x;  samples = first_stage.decode(latents / scaling_factor).sample
+                (AutoencoderKL: the plain decoder; VQModel: decode looks up the nearest code first)
 
 Writes --out FILE.safetensors with `labels` (int64 [n]), `noise`, `timesteps` (int64), `latents` [n, C, h, w],
 `samples` [n, 1, 32, 32] (in [-1, 1] up to the decoder's range: before clamping) and, for eta > 0, `step_noise`
@@ -31,7 +35,7 @@ import safetensors.torch  # noqa: F401  (diffusers 0.27 uses it without importin
 from safetensors.torch import load_file, save_file
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel, VQModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel, VQModel
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_attention import install_bmm_attention  # noqa: E402
@@ -48,20 +52,38 @@ class ClassEmbedder(torch.nn.Module):
         return self.embedding(labels)[:, None, :]
 
 
+FIRST_STAGES = {"vae": AutoencoderKL, "vqvae": VQModel}
+
+
+def first_stage_folder(model):
+    """-> (subfolder name, diffusers class) of the pipeline folder's first stage: vae/ (KL) or vqvae/ (VQ)."""
+    index = os.path.join(model, "model_index.json")
+    names = [k for k in FIRST_STAGES if os.path.isdir(os.path.join(model, k))]
+    if os.path.exists(index):
+        with open(index) as f:
+            entries = json.load(f)
+        listed = [k for k in FIRST_STAGES if k in entries]
+        names = [k for k in listed if k in names] or names
+    if len(names) != 1:
+        sys.exit(f"{model}: expected exactly one first stage (vae/ or vqvae/), found {names}")
+    return names[0], FIRST_STAGES[names[0]]
+
+
 def load_pipeline(model):
-    """-> (unet, class_embedder, vqvae, class_embedder config), all in eval mode."""
+    """-> (unet, class_embedder, first stage (AutoencoderKL or VQModel), class_embedder config), all in eval mode."""
     unet = install_bmm_attention(UNet2DConditionModel.from_pretrained(os.path.join(model, "unet")).eval())
-    vqvae = install_bmm_attention(VQModel.from_pretrained(os.path.join(model, "vqvae")).eval())
+    sub, cls = first_stage_folder(model)
+    first_stage = install_bmm_attention(cls.from_pretrained(os.path.join(model, sub)).eval())
     with open(os.path.join(model, "class_embedder", "config.json")) as f:
         cfg = json.load(f)
     emb = ClassEmbedder(cfg["num_classes"], cfg["embed_dim"]).eval()
     emb.load_state_dict(load_file(os.path.join(model, "class_embedder", "model.safetensors")))
     emb.null_class = cfg["null_class"]
-    return unet, emb, vqvae, cfg
+    return unet, emb, first_stage, cfg
 
 
 @torch.no_grad()
-def sample(unet, emb, vqvae, scheduler, labels, noise, guidance, eta=0.0, step_noise=None):
+def sample(unet, emb, first_stage, scheduler, labels, noise, guidance, eta=0.0, step_noise=None):
     """-> (latents, samples). step_noise [steps, n, C, h, w] is required when eta > 0."""
     x = noise * scheduler.init_noise_sigma
     ctx = emb(torch.cat([torch.full_like(labels, emb.null_class), labels]))
@@ -71,7 +93,8 @@ def sample(unet, emb, vqvae, scheduler, labels, noise, guidance, eta=0.0, step_n
         eps = eps_u + guidance * (eps_c - eps_u)
         vn = step_noise[i] if eta > 0 else None
         x = scheduler.step(eps, t, x, eta=eta, variance_noise=vn).prev_sample
-    samples = vqvae.decode(x / vqvae.config.scaling_factor).sample  # force_not_quantize=False: codebook lookup
+    # AutoencoderKL: plain decoder; VQModel: force_not_quantize=False, i.e. codebook lookup first
+    samples = first_stage.decode(x / first_stage.config.scaling_factor).sample
     return x, samples
 
 
@@ -93,7 +116,7 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    unet, emb, vqvae, _ = load_pipeline(args.model)
+    unet, emb, first_stage, _ = load_pipeline(args.model)
     scheduler = DDIMScheduler.from_pretrained(os.path.join(args.model, "scheduler"))
     scheduler.set_timesteps(args.steps)
     if args.labels:
@@ -117,7 +140,7 @@ def main():
     lat, smp = [], []
     for i in range(0, n, args.batch):
         sn = step_noise[:, i:i + args.batch] if step_noise is not None else None
-        a, b = sample(unet, emb, vqvae, scheduler, labels[i:i + args.batch], noise[i:i + args.batch],
+        a, b = sample(unet, emb, first_stage, scheduler, labels[i:i + args.batch], noise[i:i + args.batch],
                       args.guidance, args.eta, sn)
         lat.append(a)
         smp.append(b)
