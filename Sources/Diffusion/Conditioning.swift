@@ -162,3 +162,15 @@ public struct ConditioningSpace {
         }
     }
 }
+
+extension ConditioningKind: CustomStringConvertible {
+    /// "unconditional", "class labels (table of 11)", "class labels (sinusoidal, no table)", "context [N, L, 768]".
+    public var description: String {
+        switch self {
+        case .unconditional: return "unconditional"
+        case let .classLabels(n?): return "class labels (table of \(n))"
+        case .classLabels(nil): return "class labels (sinusoidal, no table)"
+        case let .context(w): return "context [N, L, \(w)]"
+        }
+    }
+}

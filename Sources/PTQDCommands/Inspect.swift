@@ -23,7 +23,13 @@ struct Inspect: ParsableCommand {
             let m = try DiffusionModel.load(path)
             print("model folder: \(path)")
             print("network config: \(m.networkConfigPath) (\(m.network.architecture))")
-            if let u = m.network as? UNet2D { printConfig(u.config) }
+            if let u = m.network as? UNet2D { printConfig(u.config) } else {
+                let s = m.network.sampleShape
+                print("network: \(m.network.architecture), samples [\(s[0]), \(s[1]), \(s[2])] (H, W, C), conditioning \(m.network.conditioningKind)")
+            }
+            if let d = m.decoder {
+                print("decoder: \(m.decoderPath ?? "?") (\(d.kind.rawValue)), \(d.latentChannels) latent channels, ×\(d.factor) upsampling, scaling_factor \(d.scalingFactor)\(d.kind == .vq ? ", \(d.codes) codes" : ""); images \(m.imageShape)")
+            }
             print("scheduler config: \(m.schedulerConfigPath ?? "(none: diffusers DDIM defaults)")")
             printScheduler(m.scheduler)
             let costs = try LayerCosts.measure(m.network)
