@@ -68,8 +68,8 @@ final class AttentionBlock {
     let toQ: WeightLayer, toK: WeightLayer, toV: WeightLayer, toOut: WeightLayer
     let heads: Int, headDim: Int
     let rescale: Float
-    /// The two activation×activation products; replaceable (e.g. by quantized kernels).
-    var scores = StridedBatchedMatmul(), values = StridedBatchedMatmul()
+    /// softmax(q·kᵀ·d^-½)·v per head, in query chunks (shared with the cross-attention UNet).
+    var attention: MultiHeadAttention
 
     init(_ s: WeightStore, _ p: String, channels c: Int, headDim: Int?, groups: Int?, eps: Float, rescale: Float) throws {
         let d = headDim ?? c
@@ -82,25 +82,18 @@ final class AttentionBlock {
         toV = try s.linear("\(p).to_v", role: .attentionProjection, in: c, out: inner)
         toOut = try s.linear("\(p).to_out.0", role: .attentionProjection, in: inner, out: c)
         self.rescale = rescale
+        attention = MultiHeadAttention(heads: heads, headDim: d)
     }
 
     var layers: [WeightLayer] { [toQ, toK, toV, toOut] }
 
     func callAsFunction(_ x: Tensor) -> Tensor {
         let (n, hh, ww) = (x.shape[0], x.shape[1], x.shape[2])
-        let t = hh * ww, d = headDim, inner = heads * d
+        let t = hh * ww
         let h = norm.map { $0(x) } ?? x
         let q = toQ(h), k = toK(h), v = toV(h)                      // [N, H, W, inner] = [N, T, inner]
-        let s = Tensor(uninitialized: [n, heads, t, t])
-        let headLayout = StridedBatchedMatmul.Operand(dims: [n, heads, t, d], strides: [t * inner, d, inner, 1])
-        scores.run(a: q.data, headLayout,
-                   b: k.data, .init(dims: [n, heads, d, t], strides: [t * inner, d, 1, inner]),
-                   c: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]))
-        Ops.softmaxRowsInPlace(s.data, rows: n * heads * t, length: t, scale: 1 / Float(d).squareRoot())
-        let o = Tensor(uninitialized: [n, hh, ww, inner])
-        values.run(a: s.data, .init(dims: [n, heads, t, t], strides: [heads * t * t, t * t, t, 1]),
-                   b: v.data, headLayout, c: o.data, headLayout)
-        return Ops.residual(toOut(o), x, divisor: rescale)
+        let o = attention(q: q, k: k, v: v, batch: n, queries: t, keys: t)
+        return Ops.residual(toOut(o.reshaped([n, hh, ww, heads * headDim])), x, divisor: rescale)
     }
 }
 
