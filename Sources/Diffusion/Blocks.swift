@@ -69,7 +69,7 @@ final class AttentionBlock {
     let heads: Int, headDim: Int
     let rescale: Float
     /// softmax(q·kᵀ·d^-½)·v per head, in query chunks (shared with the cross-attention UNet).
-    var attention: MultiHeadAttention
+    let attention: MultiHeadAttention
 
     init(_ s: WeightStore, _ p: String, channels c: Int, headDim: Int?, groups: Int?, eps: Float, rescale: Float) throws {
         let d = headDim ?? c
@@ -82,7 +82,7 @@ final class AttentionBlock {
         toV = try s.linear("\(p).to_v", role: .attentionProjection, in: c, out: inner)
         toOut = try s.linear("\(p).to_out.0", role: .attentionProjection, in: inner, out: c)
         self.rescale = rescale
-        attention = MultiHeadAttention(heads: heads, headDim: d)
+        attention = MultiHeadAttention(name: p, heads: heads, headDim: d)
     }
 
     var layers: [WeightLayer] { [toQ, toK, toV, toOut] }

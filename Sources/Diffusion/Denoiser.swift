@@ -11,7 +11,7 @@ import Foundation
 import SafeTensors
 import TensorCore
 
-/// One attention of a network, for counting its activation×activation matmuls (QKᵀ and PV).
+/// One attention of a network: its activation×activation matmuls (QKᵀ and PV) for costs, and its core for quantization.
 public struct AttentionAccounting {
     /// The query projection (its input rows are the query tokens), the key projection (its input rows are the
     /// key tokens: x itself for self-attention, the context for cross-attention), and the output projection
@@ -19,9 +19,11 @@ public struct AttentionAccounting {
     public let query: WeightLayer, key: WeightLayer, output: WeightLayer
     /// Inner width (heads × head size) of the products.
     public let innerWidth: Int
+    /// The attention core (its name, quantizers and calibration hook).
+    public let site: MultiHeadAttention
 
-    public init(query: WeightLayer, key: WeightLayer, output: WeightLayer, innerWidth: Int) {
-        self.query = query; self.key = key; self.output = output; self.innerWidth = innerWidth
+    public init(query: WeightLayer, key: WeightLayer, output: WeightLayer, innerWidth: Int, site: MultiHeadAttention) {
+        self.query = query; self.key = key; self.output = output; self.innerWidth = innerWidth; self.site = site
     }
 }
 
@@ -42,7 +44,7 @@ public protocol Denoiser: AnyObject {
     var conditioningKind: ConditioningKind { get }
     /// Parameters as stored in the weights file.
     var parameterCount: Int { get }
-    /// The attentions, for cost accounting.
+    /// The attentions in execution order (costs; attention quantization).
     var attentions: [AttentionAccounting] { get }
     /// Conditioning for a batch of `rows` used to trace one forward (costs): label 0, a zero context, …
     func exampleConditioning(rows: Int) -> Conditioning

@@ -38,6 +38,7 @@ public struct LayerCosts: Sendable {
             let inner: WeightLayerKernel
             var inputShape: [Int] = []
             init(_ inner: WeightLayerKernel) { self.inner = inner }
+            var isPure: Bool { false }
             func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
         }
         let layers = network.layers
@@ -64,7 +65,7 @@ public struct LayerCosts: Sendable {
         // Attention matmuls (QKᵀ and PV: query tokens × key tokens × inner width each), placed before each output projection.
         for a in network.attentions {
             let tq = tokens[ObjectIdentifier(a.query)] ?? 0, tk = tokens[ObjectIdentifier(a.key)] ?? 0
-            let prefix = String(a.query.name.dropLast(".to_q".count))
+            let prefix = a.site.name
             let half = tq * tk * a.innerWidth
             if let idx = rows.firstIndex(where: { $0.name == a.output.name }) {
                 rows.insert(LayerCost(name: "\(prefix).attn_pv", kind: .attentionValues, role: nil, macs: half, parameters: 0), at: idx)

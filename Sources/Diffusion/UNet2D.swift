@@ -287,7 +287,7 @@ extension UNet2D {
     }
 
     public var attentions: [AttentionAccounting] {
-        attentionBlocks.map { AttentionAccounting(query: $0.toQ, key: $0.toK, output: $0.toOut, innerWidth: $0.heads * $0.headDim) }
+        attentionBlocks.map { AttentionAccounting(query: $0.toQ, key: $0.toK, output: $0.toOut, innerWidth: $0.heads * $0.headDim, site: $0.attention) }
     }
 
     public func exampleConditioning(rows: Int) -> Conditioning {

@@ -13,39 +13,13 @@ import Foundation
 import SafeTensors
 import TensorCore
 
-/// softmax(q·kᵀ·d^-½)·v per head, in query chunks. q `[N, T, inner]`, k and v `[N, L, inner]` → `[N, T, inner]`.
-struct MultiHeadAttention {
-    let heads: Int, headDim: Int
-    /// Largest score buffer (floats) one chunk may allocate: 4 Mi floats = 16 MiB.
-    static let scoreBudget = 1 << 22
-    var scores = StridedBatchedMatmul(), values = StridedBatchedMatmul()
-
-    func callAsFunction(q: Tensor, k: Tensor, v: Tensor, batch n: Int, queries t: Int, keys l: Int) -> Tensor {
-        let d = headDim, inner = heads * d
-        let o = Tensor(uninitialized: [n, t, inner])
-        let chunk = max(1, min(t, Self.scoreBudget / max(n * heads * l, 1)))
-        let s = Tensor(uninitialized: [n, heads, chunk, l])
-        var start = 0
-        while start < t {
-            let tc = min(chunk, t - start)
-            let qLayout = StridedBatchedMatmul.Operand(dims: [n, heads, tc, d], strides: [t * inner, d, inner, 1])
-            let sLayout = StridedBatchedMatmul.Operand(dims: [n, heads, tc, l], strides: [heads * tc * l, tc * l, l, 1])
-            scores.run(a: q.data + start * inner, qLayout,
-                       b: k.data, .init(dims: [n, heads, d, l], strides: [l * inner, d, 1, inner]),
-                       c: s.data, sLayout)
-            Ops.softmaxRowsInPlace(s.data, rows: n * heads * tc, length: l, scale: 1 / Float(d).squareRoot())
-            values.run(a: s.data, sLayout, b: v.data, .init(dims: [n, heads, l, d], strides: [l * inner, d, inner, 1]),
-                       c: o.data + start * inner, qLayout)
-            start += tc
-        }
-        return o
-    }
-}
-
 /// diffusers `Attention` inside a BasicTransformerBlock: q from x, k/v from the context (or x), no q/k/v bias.
 final class TransformerAttention {
     let toQ: WeightLayer, toK: WeightLayer, toV: WeightLayer, toOut: WeightLayer
-    var attention: MultiHeadAttention
+    let attention: MultiHeadAttention
+    /// Cross-attention: k and v of the last context, reused while the context (by value) and the k/v kernels
+    /// are unchanged — they do not depend on x_t, so a trajectory computes them once.
+    private let contextProjections = ContextProjectionCache()
 
     init(_ s: WeightStore, _ p: String, dim: Int, contextDim: Int?, heads: Int) throws {
         let d = dim / heads
@@ -53,7 +27,7 @@ final class TransformerAttention {
         toK = try s.linear("\(p).to_k", role: .attentionProjection, in: contextDim ?? dim, out: dim, bias: false)
         toV = try s.linear("\(p).to_v", role: .attentionProjection, in: contextDim ?? dim, out: dim, bias: false)
         toOut = try s.linear("\(p).to_out.0", role: .attentionProjection, in: dim, out: dim)
-        attention = MultiHeadAttention(heads: heads, headDim: d)
+        attention = MultiHeadAttention(name: p, heads: heads, headDim: d)
     }
 
     var layers: [WeightLayer] { [toQ, toK, toV, toOut] }
@@ -61,9 +35,32 @@ final class TransformerAttention {
     /// - x: `[N, T, dim]`; context: `[N, L, contextDim]` (nil = self-attention).
     func callAsFunction(_ x: Tensor, context: Tensor?) -> Tensor {
         let n = x.shape[0], t = x.shape[1]
-        let src = context ?? x
-        let q = toQ(x), k = toK(src), v = toV(src)
-        return toOut(attention(q: q, k: k, v: v, batch: n, queries: t, keys: src.shape[1]))
+        let q = toQ(x)
+        let k: Tensor, v: Tensor
+        if let c = context { (k, v) = contextProjections.projections(of: c, key: toK, value: toV) } else { k = toK(x); v = toV(x) }
+        return toOut(attention(q: q, k: k, v: v, batch: n, queries: t, keys: k.count / (n * toK.kind.outputs)))
+    }
+}
+
+/// k = to_k(context), v = to_v(context) for the last context seen, keyed by the context's values and the
+/// identity of the two kernels (a swapped kernel — quantization, calibration — recomputes). Kernels that must
+/// see every call (`WeightLayerKernel.isPure == false`: calibration captures, cost counters) bypass it.
+final class ContextProjectionCache {
+    private var context: [Float] = [], shape: [Int] = []
+    private var kernels: (ObjectIdentifier, ObjectIdentifier)?
+    private var cached: (Tensor, Tensor)?
+
+    func projections(of c: Tensor, key: WeightLayer, value: WeightLayer) -> (Tensor, Tensor) {
+        guard key.kernel.isPure, value.kernel.isPure else { cached = nil; return (key(c), value(c)) }
+        let ids = (ObjectIdentifier(key.kernel), ObjectIdentifier(value.kernel))
+        if let hit = cached, let k = kernels, k == ids, shape == c.shape,
+           context.withUnsafeBufferPointer({ memcmp($0.baseAddress!, c.data, c.count * 4) == 0 }) {
+            return hit
+        }
+        let result = (key(c), value(c))
+        context = Array(UnsafeBufferPointer(start: c.data, count: c.count)); shape = c.shape
+        kernels = ids; cached = result
+        return result
     }
 }
 
@@ -305,7 +302,7 @@ extension UNet2DCondition {
     public var attentions: [AttentionAccounting] {
         let all = downs.flatMap(\.attentions) + [midAttention] + ups.flatMap(\.attentions)
         return all.flatMap { t in
-            [t.block.attn1, t.block.attn2].map { AttentionAccounting(query: $0.toQ, key: $0.toK, output: $0.toOut, innerWidth: $0.toQ.kind.outputs) }
+            [t.block.attn1, t.block.attn2].map { AttentionAccounting(query: $0.toQ, key: $0.toK, output: $0.toOut, innerWidth: $0.toQ.kind.outputs, site: $0.attention) }
         }
     }
 

@@ -13,6 +13,13 @@ import TensorCore
 public protocol WeightLayerKernel: AnyObject {
     /// - Parameter x: conv: `[N, H, W, Cin]`; linear: `[M, inFeatures]`.
     func forward(_ x: Tensor) -> Tensor
+    /// Whether the output depends only on the input (true for compute kernels). Observers and counters that
+    /// must see every call return false, so callers never skip them by reusing an earlier output.
+    var isPure: Bool { get }
+}
+
+extension WeightLayerKernel {
+    public var isPure: Bool { true }
 }
 
 extension FloatConv2D: WeightLayerKernel {}

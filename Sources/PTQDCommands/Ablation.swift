@@ -28,6 +28,7 @@ struct Ablation: ParsableCommand {
     @Option(help: "output folder") var out: String = "out/ablation"
     @Flag(name: .customLong("keep-negative-k"), help: "fit k_t without PTQD's clamp at 0 (a separate file, rows marked 'k unclamped'): does the clamp throw signal away?")
     var keepNegativeK = false
+    @Flag(name: .customLong("quantize-attention"), help: "also quantize attention (q, k, v at the activation bits, softmax at 8 bits)") var quantizeAttention = false
     @Flag(help: "reuse OUT/<scheme>.safetensors if it exists") var reuse = false
     @Flag(help: "no progress on stderr") var quiet = false
 
@@ -51,11 +52,13 @@ struct Ablation: ParsableCommand {
         let samplerArgs = sampler.arguments(default: .B)
         // The file name says the setting and, when overridden, the sampler actually calibrated for.
         let tag = setting.rawValue + (sampler.overridden ? "-\(settings.kind.rawValue)\(settings.steps)-eta\(settings.eta)-g\(settings.guidance)" : "")
-        let file = base.appendingPathComponent("\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "").safetensors").path
+        let variantTag = "\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "")\(quantizeAttention ? "-qattn" : "")"
+        let file = base.appendingPathComponent("\(variantTag).safetensors").path
         var quantizeArgs = modelArgs + (isMixed ? ["--scheme", String(scheme.split(separator: ":")[1]), "--mixed", scheme] : ["--scheme", scheme])
         quantizeArgs += ["--weights", weights.rawValue] + samplerArgs + ["--calib", "\(calib)",
                          "--stats-trajectories", "\(statsTrajectories)", "--correct", "ptqd", "--seed", "\(seed)", "--out", file] + common
         if keepNegativeK { quantizeArgs.append("--keep-negative-k") }
+        if quantizeAttention { quantizeArgs.append("--quantize-attention") }
         if !(reuse && FileManager.default.fileExists(atPath: file)) {
             note("ablation: ptqd quantize \(quantizeArgs.joined(separator: " "))")
             let q = try Quantize.parse(quantizeArgs)
@@ -64,7 +67,7 @@ struct Ablation: ParsableCommand {
         let evalBase = modelArgs + samplerArgs + ["--n", "\(n)", "--seed", "\(seed)",
                                     "--fp-cache", base.appendingPathComponent("fp32-samples-\(tag)-n\(n).safetensors").path,
                                     "--reference-cache", base.appendingPathComponent("reference-stats.safetensors").path] + common
-        let label = (isMixed ? "\(scheme) mixed" : scheme) + (keepNegativeK ? " (k unclamped)" : "")
+        let label = (isMixed ? "\(scheme) mixed" : scheme) + (quantizeAttention ? " +attn" : "") + (keepNegativeK ? " (k unclamped)" : "")
         var rows = [
             Row(name: "\(label) baseline", args: ["--quantized", file, "--no-correct"], report: nil),
             Row(name: "\(label) +CNC", args: ["--quantized", file, "--components", "cnc"], report: nil),
@@ -75,7 +78,7 @@ struct Ablation: ParsableCommand {
         var fpReport: EvaluationReport? = nil
         var commands: [String] = []
         for i in rows.indices {
-            let dir = base.appendingPathComponent("row\(i)-\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "")").path
+            let dir = base.appendingPathComponent("row\(i)-\(variantTag)").path
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")

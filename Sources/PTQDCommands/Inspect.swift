@@ -6,6 +6,7 @@ import Foundation
 import Correction
 import Quantization
 import SafeTensors
+import TensorCore
 
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -58,17 +59,25 @@ struct Inspect: ParsableCommand {
         for (v, variant) in info.variants.enumerated() {
             let unet = try q.makeNetwork(variant: v, mode: .integer)
             let records = Dictionary(uniqueKeysWithValues: q.variants[v].map { ($0.name, $0) })
-            let costs = ModelCosts(try LayerCosts.measure(unet), precisions: records.mapValues(\.precision))
+            // Quantized attention products: (q | k) for QKᵀ, (softmax | v) for PV.
+            var attentionOperands: [String: [ActivationQuantization]] = [:]
+            for a in q.attentionVariants[v] {
+                attentionOperands["\(a.name).attn_qk"] = [a.quantization.query, a.quantization.key]
+                attentionOperands["\(a.name).attn_pv"] = [a.quantization.probabilities, a.quantization.value]
+            }
+            let costs = ModelCosts(try LayerCosts.measure(unet), precisions: q.costPrecisions(variant: v))
             print("")
             print("variant \(v): \(variant.name), weights \(variant.recipe.weightMethod.rawValue), activation range \(variant.recipe.rangeMethod), keep-8bit \(variant.recipe.policy.keepEightBit.map(\.rawValue).joined(separator: ",")), rules \(variant.recipe.policy.rules.map(\.description))")
-            let header = "layer".padding(toLength: 44, withPad: " ", startingAt: 0)
+            let width = max(44, costs.rows.map(\.name.count).max() ?? 0)
+            let header = "layer".padding(toLength: width, withPad: " ", startingAt: 0)
             print("\(header)     MACs/img  W  A   weight scales (min…max)   activation scale/zero-point        BOPs (G)   bytes")
             for row in costs.rows {
                 let r = records[row.name]
                 let ws = r.map { String(format: "%.2e…%.2e", $0.scales.min()!, $0.scales.max()!) } ?? (row.kind == .conv || row.kind == .linear ? "fp32" : "-")
-                let acts = r.map { $0.inputs.map { String(format: "%.3g/%d", $0.scale, $0.zeroPoint) }.joined(separator: " | ") } ?? ""
+                let acts = r.map { $0.inputs.map { String(format: "%.3g/%d", $0.scale, $0.zeroPoint) }.joined(separator: " | ") }
+                    ?? attentionOperands[row.name].map { $0.map { String(format: "%.3g/%d", $0.scale, $0.zeroPoint) }.joined(separator: " | ") } ?? ""
                 print(String(format: "%@ %12d %2d %2d   %-24@  %-34@ %9.4f %8.0f",
-                             row.name.padding(toLength: 44, withPad: " ", startingAt: 0), row.macs, row.weightBits, row.activationBits,
+                             row.name.padding(toLength: width, withPad: " ", startingAt: 0), row.macs, row.weightBits, row.activationBits,
                              ws, acts.isEmpty ? "fp32" : acts, row.bops / 1e9, row.weightBytes))
             }
             print(String(format: "total: %.3f GMAC, %.3f GBOPs per UNet forward per image (fp32 %.3f GBOPs: %.1f× fewer); weights+params %.2f MB (fp32 %.2f MB: %.1f× smaller); guidance doubles the UNet rows per step",

@@ -32,6 +32,8 @@ struct Quantize: ParsableCommand {
     @Option(name: .customLong("keep-8bit"), help: "layers kept at 8 bits: comma list of first, last, time, or none") var keep8bit: KeepEightBitList = KeepEightBitList(KeepEightBit.allCases)
     @Option(name: .customLong("rule"), help: "per-layer override PATTERN=wXaY or PATTERN=fp32 (repeatable)") var rules: [PrecisionRule] = []
     @Option(name: .customLong("act-range"), help: "activation range: mse, minmax or percentile:P") var actRange: RangeMethod = .mse
+    @Flag(name: .customLong("quantize-attention"), help: "also quantize attention: q, k, v at the activation bits and the softmax output at 8 bits unsigned (Q-Diffusion's scheme; BOPs count the two products at those bits)")
+    var quantizeAttention = false
     @Option(name: .customLong("adaround-iters"), help: "AdaRound iterations per layer (default: the library's)") var adaroundIters: Int?
     @Option(name: .customLong("group-size"), help: "layers quantized per sequential calibration pass") var groupSize: Int = 4
     @Option(help: "UNet rows per calibration forward") var batch: Int = 64
@@ -56,6 +58,9 @@ struct Quantize: ParsableCommand {
         if let i = adaroundIters, i < 1 { throw ValidationError("--adaround-iters must be >= 1") }
         guard statsTrajectories >= 1 else { throw ValidationError("--stats-trajectories must be >= 1") }
         guard cheapFraction >= 0 && cheapFraction <= 1 else { throw ValidationError("--cheap-fraction must be in [0, 1]") }
+        if quantizeAttention, let fp = schemes.first(where: { $0.activationBits == nil }) {
+            throw ValidationError("--quantize-attention needs quantized activations; \(fp) keeps them fp32")
+        }
         if case .auto? = mixed, candidates.schemes.count < 2 {
             throw ValidationError("--mixed auto needs at least two --candidates, e.g. w4a4,w4a8,w8a8")
         }
@@ -63,7 +68,8 @@ struct Quantize: ParsableCommand {
 
     func recipe(scheme: LayerPrecision) -> QuantizationRecipe {
         let policy = PrecisionPolicy(scheme: scheme, keepEightBit: keep8bit.items, rules: rules)
-        return QuantizationRecipe(policy: policy, weightMethod: weights, rangeMethod: actRange, adaRoundIterations: adaroundIters)
+        return QuantizationRecipe(policy: policy, weightMethod: weights, rangeMethod: actRange, adaRoundIterations: adaroundIters,
+                                  quantizeAttention: quantizeAttention)
     }
 
     func calibrationOptions(_ source: DiffusionModel) -> CalibrationOptions {
@@ -97,7 +103,7 @@ struct Quantize: ParsableCommand {
         let calibSet = try collectCalibration(source, options, contexts: contexts)
         let trajectorySeconds = Date().timeIntervalSince(started)
         // Stage 2: sequential layer quantization, per variant.
-        var variants: [(recipe: QuantizationRecipe, records: [QuantizedLayer], seconds: Double, network: Denoiser)] = []
+        var variants: [QuantizedVariantResult] = []
         for (i, r) in recipes.enumerated() {
             variants.append(try quantizeVariant(source, recipe: r, calib: calibSet, options: options, stage: "2/3 (\(i + 1)/\(recipes.count))"))
         }
@@ -115,7 +121,7 @@ struct Quantize: ParsableCommand {
                                             total: statsTrajectories * steps, unit: "img·steps", enabled: !quiet)
             var last = 0
             let (doc, keep) = try CorrectionMeasurement.measure(fp: source.network, scheduler: source.scheduler, settings: options.settings,
-                                                                variants: variants.map { ($0.network, $0.records) }, options: mo,
+                                                                variants: variants.map { ($0.network, $0.costPrecisions) }, options: mo,
                                                                 conditioning: contexts.map { c in { try c.rows($0) } }, nullContext: contexts?.null) { done, _ in
                 progress.advance(done - last); last = done
             }
@@ -123,10 +129,10 @@ struct Quantize: ParsableCommand {
             attachments[CorrectionDocument.attachmentName] = try doc.json()
             report(doc, names: variants.map { $0.recipe.policy.scheme.description })
         }
-        var info = try makeInfo(source, variants: variants.map { ($0.recipe, $0.records, $0.seconds) }, options: options, trajectorySeconds: trajectorySeconds)
+        var info = try makeInfo(source, variants: variants, options: options, trajectorySeconds: trajectorySeconds)
         info.attachments = attachments
         try QuantizedModel.write(to: out, info: info, source: source, variants: variants.map(\.records))
-        try printSummary(source: source, info: info, records: variants.map(\.records), seconds: Date().timeIntervalSince(started))
+        try printSummary(source: source, info: info, variants: variants, seconds: Date().timeIntervalSince(started))
     }
 
     /// Prints k, σ_q and SNR per step (stderr) and the plan.
@@ -154,7 +160,7 @@ struct Quantize: ParsableCommand {
     }
 
     func quantizeVariant(_ source: DiffusionModel, recipe: QuantizationRecipe, calib: CalibrationSet, options: CalibrationOptions,
-                         stage: String) throws -> (recipe: QuantizationRecipe, records: [QuantizedLayer], seconds: Double, network: Denoiser) {
+                         stage: String) throws -> QuantizedVariantResult {
         // A fresh fp32 network per variant: the quantizer installs kernels into it as it goes.
         let network = try DiffusionModel.load(source.directory).network
         let quantizer = LayerQuantizer(network: network, recipe: recipe, options: options)
@@ -164,16 +170,17 @@ struct Quantize: ParsableCommand {
                                         total: max(groups, 1), unit: "groups", enabled: !quiet)
         let t0 = Date()
         let records = try quantizer.run(calib) { _, _, _ in progress.advance(1) }
-        return (recipe, records, Date().timeIntervalSince(t0), network)
+        return QuantizedVariantResult(recipe: recipe, records: records, attentions: quantizer.attentionRecords,
+                                      seconds: Date().timeIntervalSince(t0), network: network)
     }
 
-    func makeInfo(_ source: DiffusionModel, variants: [(QuantizationRecipe, [QuantizedLayer], Double)], options: CalibrationOptions,
+    func makeInfo(_ source: DiffusionModel, variants: [QuantizedVariantResult], options: CalibrationOptions,
                   trajectorySeconds: Double) throws -> QuantizedModelInfo {
         let networkText = try String(contentsOfFile: source.networkConfigPath, encoding: .utf8)
         let schedText = try source.schedulerConfigPath.map { try String(contentsOfFile: $0, encoding: .utf8) }
-        let infos = variants.map { recipe, records, secs in
-            QuantizedVariantInfo(name: recipe.policy.scheme.description, recipe: recipe, layers: records.map(QuantizedLayerInfo.init),
-                                 seconds: secs)
+        let infos = variants.map { v in
+            QuantizedVariantInfo(name: v.recipe.policy.scheme.description, recipe: v.recipe, layers: v.records.map(QuantizedLayerInfo.init),
+                                 seconds: v.seconds, attentions: v.attentions)
         }
         var info = QuantizedModelInfo(networkConfig: networkText, schedulerConfig: schedText, sourceModel: URL(fileURLWithPath: source.directory).standardized.lastPathComponent, variants: infos,
                                       calibration: CalibrationInfo(options: options, trajectorySeconds: trajectorySeconds))
@@ -181,18 +188,29 @@ struct Quantize: ParsableCommand {
         return info
     }
 
-    func printSummary(source: DiffusionModel, info: QuantizedModelInfo, records: [[QuantizedLayer]], seconds: Double) throws {
+    func printSummary(source: DiffusionModel, info: QuantizedModelInfo, variants: [QuantizedVariantResult], seconds: Double) throws {
         let costs = try LayerCosts.measure(source.network)
         let size = (try? FileManager.default.attributesOfItem(atPath: out)[.size] as? Int) ?? 0
         for (v, variant) in info.variants.enumerated() {
-            let precisions = Dictionary(uniqueKeysWithValues: records[v].map { ($0.name, $0.precision) })
-            let c = ModelCosts(costs, precisions: precisions)
-            print(String(format: "%@ (%@, %@ activations): %d layers quantized, %.3f GBOPs per forward (%.1f× fewer than fp32), weights %.2f MB (fp32 %.2f MB)",
-                         variant.name, variant.recipe.weightMethod.rawValue, variant.recipe.rangeMethod.description, records[v].count,
+            let c = ModelCosts(costs, precisions: variants[v].costPrecisions)
+            let attention = variants[v].attentions.isEmpty ? "" : String(format: ", %d attentions", variants[v].attentions.count)
+            print(String(format: "%@ (%@, %@ activations): %d layers%@ quantized, %.3f GBOPs per forward (%.1f× fewer than fp32), weights %.2f MB (fp32 %.2f MB)",
+                         variant.name, variant.recipe.weightMethod.rawValue, variant.recipe.rangeMethod.description, variants[v].records.count, attention,
                          c.totalBOPs / 1e9, c.fp32BOPs / c.totalBOPs, c.bytes / 1e6, c.fp32Bytes / 1e6))
         }
         print(String(format: "wrote %@ (%.2f MB) in %.1f s", out, Double(size) / 1e6, seconds))
     }
+}
+
+/// One quantized variant as `ptqd quantize` builds it.
+struct QuantizedVariantResult {
+    let recipe: QuantizationRecipe
+    let records: [QuantizedLayer]
+    let attentions: [QuantizedAttention]
+    let seconds: Double
+    /// The network with the variant's kernels installed.
+    let network: Denoiser
+    var costPrecisions: [String: LayerPrecision] { QuantizedModel.costPrecisions(layers: records, attentions: attentions) }
 }
 
 extension WeightMethod: ExpressibleByArgument {}

@@ -29,12 +29,12 @@ public struct CorrectionMeasurementOptions {
 
 public enum CorrectionMeasurement {
     /// - Parameters:
-    ///   - fp: the full-precision network; variants: each quantized network with its layer records.
+    ///   - fp: the full-precision network; variants: each quantized network with its BOPs precisions (layers and attention products).
     ///   - conditioning: of statistics trajectories `range` (nil: class-balanced labels / none).
     ///   - progress: (images·steps done, total).
     /// - Returns: the document and the variant indices it describes (the chosen pair for `auto`).
     public static func measure(fp: Denoiser, scheduler schedulerConfig: SchedulerConfig, settings: SamplerSettings,
-                               variants: [(network: Denoiser, records: [QuantizedLayer])], options o: CorrectionMeasurementOptions,
+                               variants: [(network: Denoiser, precisions: [String: LayerPrecision])], options o: CorrectionMeasurementOptions,
                                conditioning: ((Range<Int>) throws -> Conditioning)? = nil, nullContext: Tensor? = nil,
                                progress: ((Int, Int) -> Void)? = nil) throws -> (CorrectionDocument, [Int]) {
         let scheduler = try Sampler.makeScheduler(settings, config: schedulerConfig)
@@ -65,7 +65,7 @@ public enum CorrectionMeasurement {
                 // (the most demanding one), or the most accurate candidate if none qualifies.
                 let costs = try LayerCosts.measure(fp)
                 let bops = variants.map { v -> Double in
-                    ModelCosts(costs, precisions: Dictionary(uniqueKeysWithValues: v.records.map { ($0.name, $0.precision) })).totalBOPs
+                    ModelCosts(costs, precisions: v.precisions).totalBOPs
                 }
                 let order = bops.indices.sorted { bops[$0] < bops[$1] }
                 let lastStep = steps - 1

@@ -121,7 +121,7 @@ public final class PipelineModel {
         networks = try q.variants.indices.map { try q.makeNetwork(variant: $0, mode: mode) }
         network = networks[0]
         scheduler = q.scheduler
-        variantPrecisions = q.variants.map { v in Dictionary(uniqueKeysWithValues: v.map { ($0.name, $0.precision) }) }
+        variantPrecisions = q.variants.indices.map { q.costPrecisions(variant: $0) }
         precisions = variantPrecisions[0]
         let doc = try q.info.attachments[CorrectionDocument.attachmentName].map { try CorrectionDocument(json: $0) }
         if let d = doc, d.tables.count != q.variants.count {

@@ -2,7 +2,8 @@
 //
 // Accounting rule (stated in reports):
 // * BOPs of one UNet forward for one image = Σ_layers MACs × b_w × b_a. fp32 layers and the
-//   attention matmuls (QKᵀ, PV; activation × activation) count 32 × 32; weight-only layers b_w × 32.
+//   attention matmuls (QKᵀ, PV; activation × activation) count 32 × 32 — or, with `--quantize-attention`,
+//   q bits × k bits and v bits × 8 (the softmax output) — and weight-only layers b_w × 32.
 //   Classifier-free guidance runs the UNet on 2 rows per image and step: that doubling is reported
 //   separately, never folded in.
 // * Size = Σ quantized layers (weights × b_w / 8 + 4 bytes per output-channel scale)

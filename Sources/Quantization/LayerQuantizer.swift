@@ -30,9 +30,81 @@ public struct QuantizationRecipe: Codable, Equatable, Sendable {
     public var weightMethod: WeightMethod
     public var rangeMethod: RangeMethod
     public var adaRoundIterations: Int?
+    /// Quantize every attention's q, k, v (the scheme's activation bits) and softmax output (8-bit unsigned), as
+    /// Q-Diffusion does for SD (`--quantize-attention`). Files written before it existed read as false.
+    public var quantizeAttention: Bool
 
-    public init(policy: PrecisionPolicy, weightMethod: WeightMethod = .rtn, rangeMethod: RangeMethod = .mse, adaRoundIterations: Int? = nil) {
+    public init(policy: PrecisionPolicy, weightMethod: WeightMethod = .rtn, rangeMethod: RangeMethod = .mse, adaRoundIterations: Int? = nil,
+                quantizeAttention: Bool = false) {
         self.policy = policy; self.weightMethod = weightMethod; self.rangeMethod = rangeMethod; self.adaRoundIterations = adaRoundIterations
+        self.quantizeAttention = quantizeAttention
+    }
+
+    enum CodingKeys: String, CodingKey { case policy, weightMethod, rangeMethod, adaRoundIterations, quantizeAttention }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        policy = try c.decode(PrecisionPolicy.self, forKey: .policy)
+        weightMethod = try c.decode(WeightMethod.self, forKey: .weightMethod)
+        rangeMethod = try c.decode(RangeMethod.self, forKey: .rangeMethod)
+        adaRoundIterations = try c.decodeIfPresent(Int.self, forKey: .adaRoundIterations)
+        quantizeAttention = try c.decodeIfPresent(Bool.self, forKey: .quantizeAttention) ?? false
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(policy, forKey: .policy)
+        try c.encode(weightMethod, forKey: .weightMethod)
+        try c.encode(rangeMethod, forKey: .rangeMethod)
+        try c.encodeIfPresent(adaRoundIterations, forKey: .adaRoundIterations)
+        if quantizeAttention { try c.encode(true, forKey: .quantizeAttention) }   // absent = false: v1 files stay byte-identical
+    }
+
+    /// Bits of q, k and v when attention is quantized (the scheme's activation bits).
+    public var attentionBits: Int? { quantizeAttention ? policy.scheme.activationBits : nil }
+}
+
+/// One quantized attention of a variant: the module prefix and its four quantizers.
+public struct QuantizedAttention: Codable, Equatable, Sendable {
+    public var name: String
+    public var quantization: AttentionQuantization
+    public init(name: String, quantization: AttentionQuantization) { self.name = name; self.quantization = quantization }
+}
+
+/// Observes an attention's q, k, v and softmax probabilities during a calibration pass.
+final class AttentionCapture: AttentionObserving {
+    let query: ActivationObserver, key: ActivationObserver, value: ActivationObserver, probabilities: ActivationObserver
+
+    init(inner: Int, seed: UInt64) {
+        query = ActivationObserver(channels: 0..<inner, seed: seed)
+        key = ActivationObserver(channels: 0..<inner, seed: seed &+ 1)
+        value = ActivationObserver(channels: 0..<inner, seed: seed &+ 2)
+        probabilities = ActivationObserver(channels: 0..<1, seed: seed &+ 3)
+    }
+
+    func observe(query q: Tensor, key k: Tensor, value v: Tensor) {
+        query.observe(q); key.observe(k); value.observe(v)
+    }
+
+    func observe(probabilities p: UnsafePointer<Float>, rows: Int, keys: Int) {
+        let t = Tensor(uninitialized: [rows * keys, 1])
+        t.data.update(from: p, count: rows * keys)
+        probabilities.observe(t)
+    }
+
+    /// q, k, v at `bits` and the probabilities at 8 bits (their range starts at 0, so the zero point is 0).
+    ///
+    /// An operand that is constant over the calibration set gets the grid [min(c, 0), max(c, 0)], which holds c
+    /// exactly (e.g. the softmax of a one-token cross-attention context is always 1).
+    func quantization(bits: Int, method: RangeMethod, name: String) throws -> AttentionQuantization {
+        func grid(_ o: ActivationObserver, _ bits: Int, _ part: String) throws -> ActivationQuantization {
+            if o.observed > 0, o.nonFinite == 0, o.maximum == o.minimum {
+                return ActivationQuantization(lo: o.minimum, hi: o.maximum, bits: bits) ?? ActivationQuantization(scale: 1, zeroPoint: 0, bits: bits)
+            }
+            return try o.quantizer(bits: bits, method: method, layer: "\(name) (\(part))")
+        }
+        return AttentionQuantization(query: try grid(query, bits, "q"), key: try grid(key, bits, "k"), value: try grid(value, bits, "v"),
+                                     probabilities: try grid(probabilities, 8, "softmax"))
     }
 }
 
@@ -73,6 +145,8 @@ final class InputCapture: WeightLayerKernel {
         if case let .conv(g) = layer.kind { k *= g.kernelH * g.kernelW }
         if hessian { self.hessian = [Double](repeating: 0, count: k * k) }
     }
+
+    var isPure: Bool { false }
 
     func forward(_ x: Tensor) -> Tensor {
         for o in observers { o.observe(x) }
@@ -144,12 +218,20 @@ public final class LayerQuantizer {
     public let options: CalibrationOptions
     /// Seconds spent in weight rounding and in forward passes (for the report).
     public private(set) var roundingSeconds = 0.0, passSeconds = 0.0
+    /// The attention quantizers chosen by `run` (empty unless `recipe.quantizeAttention`).
+    public private(set) var attentionRecords: [QuantizedAttention] = []
 
     public init(network: Denoiser, recipe: QuantizationRecipe, options: CalibrationOptions) {
         self.network = network; self.recipe = recipe; self.options = options
     }
 
     /// Runs the passes, installs the quantized kernels (`mode`) into `network`, and returns the layer records.
+    ///
+    /// With `recipe.quantizeAttention`, each attention is observed in the pass of the group holding its output
+    /// projection (its q/k/v projections precede it, so they run; earlier groups already run quantized) and its
+    /// quantizers are installed after that pass, so every later group calibrates on quantized attention. (The
+    /// output projection of the same group sees fp32 attention outputs, like every in-group dependency.) An
+    /// attention whose output projection is not quantized gets one extra pass at the end.
     /// - progress: (groups done, groups total, note).
     public func run(_ calib: CalibrationSet, mode: ExecutionMode = .integer,
                     progress: ((Int, Int, String) -> Void)? = nil) throws -> [QuantizedLayer] {
@@ -160,9 +242,35 @@ public final class LayerQuantizer {
         }
         let groups = stride(from: 0, to: plan.count, by: options.groupSize).map { Array(plan[$0..<min($0 + options.groupSize, plan.count)]) }
         var records: [QuantizedLayer] = []
+        attentionRecords = []
         let needsHessian = recipe.weightMethod != .rtn
+        let index = Dictionary(uniqueKeysWithValues: layers.enumerated().map { (ObjectIdentifier($1), $0) })
+        var pendingSites: [(site: MultiHeadAttention, output: Int)] = []
+        if let bits = recipe.attentionBits {
+            guard bits <= 8 else { throw QuantizationError.invalidScheme("--quantize-attention needs quantized activations (the scheme has fp32 activations)") }
+            pendingSites = network.attentions.map { ($0.site, index[ObjectIdentifier($0.output)]!) }
+        }
+        /// Attaches captures to the pending sites whose output projection is at or before layer `last`.
+        func attachSites(upTo last: Int) -> [(MultiHeadAttention, AttentionCapture)] {
+            let now = pendingSites.filter { $0.output <= last }
+            pendingSites.removeAll { $0.output <= last }
+            return now.map { s in
+                let c = AttentionCapture(inner: s.site.heads * s.site.headDim, seed: options.seed &+ 0xA77 &+ UInt64(s.output))
+                s.site.observer = c
+                return (s.site, c)
+            }
+        }
+        func installSites(_ sites: [(MultiHeadAttention, AttentionCapture)]) throws {
+            for (site, capture) in sites {
+                site.observer = nil
+                let q = try capture.quantization(bits: recipe.attentionBits!, method: recipe.rangeMethod, name: site.name)
+                site.quantization = q
+                attentionRecords.append(QuantizedAttention(name: site.name, quantization: q))
+            }
+        }
         for (gi, group) in groups.enumerated() {
             let last = group.last!.0
+            let sites = attachSites(upTo: last)
             let captures = group.map { i, p in
                 InputCapture(layer: layers[i], inner: fp32[i], observe: p.activationBits != nil, hessian: needsHessian,
                              positions: options.hessianPositions, seed: options.seed &+ UInt64(i))
@@ -176,6 +284,7 @@ public final class LayerQuantizer {
             }
             passSeconds += Date().timeIntervalSince(t0)
             for j in (last + 1)..<layers.count { layers[j].kernel = fp32[j] }
+            try installSites(sites)
             let t1 = Date()
             for (c, (i, p)) in zip(captures, group) {
                 let record = try quantize(layers[i], precision: p, capture: c)
@@ -184,6 +293,16 @@ public final class LayerQuantizer {
             }
             roundingSeconds += Date().timeIntervalSince(t1)
             progress?(gi + 1, groups.count, group.map { layers[$0.0].name }.joined(separator: ", "))
+        }
+        if !pendingSites.isEmpty {
+            let sites = attachSites(upTo: layers.count)
+            let t0 = Date()
+            for start in stride(from: 0, to: calib.rows, by: options.batch) {
+                let (x, t, cond) = calib.batch(start..<min(start + options.batch, calib.rows))
+                _ = try network.forward(x, timesteps: t, conditioning: cond)
+            }
+            passSeconds += Date().timeIntervalSince(t0)
+            try installSites(sites)
         }
         return records
     }

@@ -49,7 +49,7 @@ public struct QuantizedLayer: Sendable {
             throw QuantizationError.file(path: name, reason: "bits \(precision) outside 2...8")
         }
         for a in inputs {
-            guard a.scale > 0, a.scale.isFinite, (2...8).contains(a.bits), a.zeroPoint >= 0, Int(a.zeroPoint) < (1 << a.bits) else {
+            guard a.isValid else {
                 throw QuantizationError.file(path: name, reason: "invalid activation quantizer (scale \(a.scale), zero point \(a.zeroPoint), \(a.bits) bits)")
             }
         }

@@ -41,9 +41,12 @@ public struct QuantizedVariantInfo: Codable, Equatable, Sendable {
     public var layers: [QuantizedLayerInfo]
     /// Seconds spent quantizing this variant.
     public var seconds: Double?
+    /// Quantized attentions (`recipe.quantizeAttention`); absent otherwise.
+    public var attentions: [QuantizedAttention]?
 
-    public init(name: String, recipe: QuantizationRecipe, layers: [QuantizedLayerInfo], seconds: Double?) {
+    public init(name: String, recipe: QuantizationRecipe, layers: [QuantizedLayerInfo], seconds: Double?, attentions: [QuantizedAttention]? = nil) {
         self.name = name; self.recipe = recipe; self.layers = layers; self.seconds = seconds
+        self.attentions = attentions?.isEmpty == true ? nil : attentions
     }
 }
 
@@ -112,6 +115,8 @@ public final class QuantizedModel {
     let file: SafeTensorsFile
     /// Layer records per variant.
     public let variants: [[QuantizedLayer]]
+    /// Quantized attentions per variant (empty when attention stays fp32).
+    public let attentionVariants: [[QuantizedAttention]]
 
     public init(path: String) throws {
         self.path = path
@@ -195,6 +200,37 @@ public final class QuantizedModel {
             throw QuantizationError.file(path: path, reason: "tensors not described by the metadata: \(stray.prefix(3).joined(separator: ", "))")
         }
         self.variants = variants
+        attentionVariants = try info.variants.map { variant in
+            let a = variant.attentions ?? []
+            guard Set(a.map(\.name)).count == a.count else {
+                throw QuantizationError.file(path: path, reason: "variant \(variant.name) lists an attention twice; re-create the file with `ptqd quantize`")
+            }
+            for r in a {
+                let q = r.quantization
+                guard [q.query, q.key, q.value, q.probabilities].allSatisfy(\.isValid), q.probabilities.zeroPoint == 0,
+                      q.probabilities.bits == 8 else {
+                    throw QuantizationError.file(path: path, reason: "attention \(r.name) has an invalid quantizer; re-create the file with `ptqd quantize`")
+                }
+            }
+            return a
+        }
+    }
+
+    /// BOPs precisions of variant `v`: its layers, plus each quantized attention's two products —
+    /// `<attention>.attn_qk` at q bits × k bits and `<attention>.attn_pv` at v bits × 8 (the names `LayerCosts` uses).
+    public func costPrecisions(variant v: Int) -> [String: LayerPrecision] {
+        Self.costPrecisions(layers: variants[v], attentions: attentionVariants[v])
+    }
+
+    /// See `costPrecisions(variant:)`.
+    public static func costPrecisions(layers: [QuantizedLayer], attentions: [QuantizedAttention]) -> [String: LayerPrecision] {
+        var p = Dictionary(uniqueKeysWithValues: layers.map { ($0.name, $0.precision) })
+        for a in attentions {
+            let q = a.quantization
+            p["\(a.name).attn_qk"] = try? LayerPrecision(weightBits: q.key.bits, activationBits: q.query.bits)
+            p["\(a.name).attn_pv"] = try? LayerPrecision(weightBits: q.value.bits, activationBits: q.probabilities.bits)
+        }
+        return p
     }
 
     /// Builds the network of variant `v` with its quantized layers running in `mode`.
@@ -219,6 +255,13 @@ public final class QuantizedModel {
         }
         if let unknown = fitted.keys.sorted().first {
             throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in the model config")
+        }
+        var sites = Dictionary(uniqueKeysWithValues: network.attentions.map { ($0.site.name, $0.site) })
+        for a in attentionVariants[v] {
+            guard let site = sites.removeValue(forKey: a.name) else {
+                throw QuantizationError.file(path: path, reason: "quantized attention \(a.name) does not exist in the model config")
+            }
+            site.quantization = a.quantization
         }
         guard let embedderJSON = info.attachments[QuantizedTensorName.classEmbedderAttachment] else { return network }
         struct EmbedderInfo: Decodable { var num_classes: Int; var embed_dim: Int; var null_class: Int }

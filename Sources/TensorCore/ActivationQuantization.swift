@@ -40,6 +40,9 @@ public struct ActivationQuantization: Codable, Equatable, Sendable {
         self.init(scale: s, zeroPoint: z, bits: bits)
     }
 
+    /// Whether the fields satisfy the invariants `init` checks (for values decoded from files).
+    public var isValid: Bool { scale > 0 && scale.isFinite && (2...8).contains(bits) && zeroPoint >= 0 && Int(zeroPoint) < (1 << bits) }
+
     /// Largest integer level, `2^bits − 1`.
     public var qmax: Int32 { (1 << Int32(bits)) - 1 }
 

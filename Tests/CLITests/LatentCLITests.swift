@@ -75,4 +75,76 @@ final class LatentCLITests: CLITestCase {
         XCTAssertEqual(s3.code, 0, s3.err)
         XCTAssertTrue(s3.out.contains("w8a8 +ptqd"), s3.out)
     }
+
+    /// `--quantize-attention`: every attention gets q/k/v quantizers at the activation bits and an 8-bit unsigned
+    /// softmax quantizer; the file records them, `inspect` lists the two products at those bits, BOPs fall, and
+    /// sampling from the file uses them (its samples differ from the same weights with fp32 attention).
+    func testQuantizeAttention() throws {
+        let model = fixturePath("ldm_pipe_cin_vq")
+        let plain = tmpPath("plain.safetensors"), attn = tmpPath("attn.safetensors")
+        let common = ["quantize", "--model", model, "--scheme", "w4a8", "--calib", "8", "--steps", "4", "--quiet"]
+        let a = try run(common + ["--out", plain]), b = try run(common + ["--out", attn, "--quantize-attention"])
+        XCTAssertEqual(a.code, 0, a.err); XCTAssertEqual(b.code, 0, b.err)
+        func gbops(_ s: String) -> Double? {
+            guard let r = s.range(of: #"([0-9.]+) GBOPs per forward"#, options: .regularExpression) else { return nil }
+            return Double(s[r].split(separator: " ")[0])
+        }
+        XCTAssertTrue(b.out.contains("8 attentions quantized"), b.out)
+        XCTAssertLessThan(try XCTUnwrap(gbops(b.out)), try XCTUnwrap(gbops(a.out)) * 0.8, "attention products count 8×8 instead of 32×32")
+        let inspect = try run(["inspect", attn])
+        XCTAssertEqual(inspect.code, 0, inspect.err)
+        let qk = inspect.out.split(separator: "\n").filter { $0.contains("attn1.attn_qk") }
+        XCTAssertFalse(qk.isEmpty, inspect.out)
+        XCTAssertTrue(qk.allSatisfy { $0.contains(" 8  8 ") && $0.contains(" | ") }, qk.joined(separator: "\n"))
+        var tensors: [[Float]] = []
+        let fpRun = try run(["sample", "--model", model, "--n", "4", "--steps", "4", "--classes", "all", "--out", tmpPath("g.png"),
+                             "--save-tensors", tmpPath("fp.safetensors"), "--quiet"])
+        XCTAssertEqual(fpRun.code, 0, fpRun.err)
+        let fp = try SafeTensorsFile(path: tmpPath("fp.safetensors")).floats("latents")
+        for f in [plain, attn] {
+            let out = tmpPath("s-\(tensors.count).safetensors")
+            let r = try run(["sample", "--model", model, "--quantized", f, "--n", "4", "--steps", "4", "--classes", "all",
+                             "--out", tmpPath("g.png"), "--save-tensors", out, "--quiet"])
+            XCTAssertEqual(r.code, 0, r.err)
+            tensors.append(try SafeTensorsFile(path: out).floats("latents"))
+        }
+        let diff = zip(tensors[0], tensors[1]).map { abs($0 - $1) }.max()!
+        XCTAssertGreaterThan(diff, 0, "quantized attention must be applied when sampling")
+        // Random weights give latents of ±50: the 8-bit attention may add at most half again to W4A8's error vs fp32.
+        func rms(_ a: [Float]) -> Double { (zip(a, fp).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(fp.count)).squareRoot() }
+        XCTAssertLessThan(rms(tensors[1]), 1.5 * rms(tensors[0]), "attention quantization error is small next to the weights' and layers'")
+        // A file whose attention record names a missing attention, or holds a bad quantizer, is refused.
+        func edited(_ name: String, _ change: (inout [String: Any]) -> Void) throws -> String {
+            let f = try SafeTensorsFile(path: attn)
+            var info = try JSONSerialization.jsonObject(with: Data(f.metadata["ptqd"]!.utf8)) as! [String: Any]
+            var variants = info["variants"] as! [[String: Any]]
+            var records = variants[0]["attentions"] as! [[String: Any]]
+            change(&records[0])
+            variants[0]["attentions"] = records; info["variants"] = variants
+            var w = SafeTensorsWriter(metadata: ["ptqd": String(decoding: try JSONSerialization.data(withJSONObject: info), as: UTF8.self)])
+            for n in f.names {
+                let i = try f.info(n)
+                switch i.dtype {
+                case .i8: try w.add(n, int8s: try f.int8s(n), shape: i.shape)
+                case .u8: try w.add(n, uint8s: try f.uint8s(n), shape: i.shape)
+                default: try w.add(n, floats: try f.floats(n), shape: i.shape)
+                }
+            }
+            let out = tmpPath(name)
+            try w.write(to: out)
+            return out
+        }
+        let unknown = try edited("unknown.safetensors") { $0["name"] = "mid_block.attentions.9.transformer_blocks.0.attn1" }
+        let u = try run(["sample", "--model", model, "--quantized", unknown, "--n", "2", "--out", tmpPath("u.png")])
+        XCTAssertNotEqual(u.code, 0); XCTAssertTrue(u.err.contains("attentions.9") && u.err.contains("does not exist"), u.err)
+        let badScale = try edited("badscale.safetensors") { r in
+            var q = r["quantization"] as! [String: Any]; var p = q["probabilities"] as! [String: Any]
+            p["scale"] = 0; q["probabilities"] = p; r["quantization"] = q
+        }
+        let b2 = try run(["sample", "--model", model, "--quantized", badScale, "--n", "2", "--out", tmpPath("b.png")])
+        XCTAssertNotEqual(b2.code, 0); XCTAssertTrue(b2.err.contains("invalid quantizer"), b2.err)
+        XCTAssertEqual(b2.err.split(separator: "\n").count, 1, b2.err)
+        let weightOnly = try run(["quantize", "--model", model, "--scheme", "w4a32", "--calib", "2", "--steps", "2", "--out", tmpPath("w.safetensors"), "--quantize-attention"])
+        XCTAssertNotEqual(weightOnly.code, 0); XCTAssertTrue(weightOnly.err.contains("--quantize-attention"), weightOnly.err)
+    }
 }

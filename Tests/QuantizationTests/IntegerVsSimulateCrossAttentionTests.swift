@@ -17,6 +17,7 @@ final class IntegerVsSimulateCrossAttentionTests: XCTestCase {
         let inner: WeightLayerKernel
         var input: Tensor?
         init(_ inner: WeightLayerKernel) { self.inner = inner }
+        var isPure: Bool { false }
         func forward(_ x: Tensor) -> Tensor { if input == nil { input = x.copy() }; return inner.forward(x) }
     }
 

@@ -64,6 +64,7 @@ enum IntegerVsSimulate {
         var input: Tensor?
         var order = Int.max
         init(_ inner: WeightLayerKernel, _ clock: Clock) { self.inner = inner; self.clock = clock }
+        var isPure: Bool { false }
         func forward(_ x: Tensor) -> Tensor {
             if input == nil { input = x.copy(); order = clock.tick; clock.tick += 1 }
             return inner.forward(x)
