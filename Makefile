@@ -52,12 +52,26 @@ venv:
 fixtures: venv
 	$(PY) tools/make_fixtures.py
 
-## fp32 throughput vs PyTorch (same weights, same threads), bundled model and a ddpm-cifar10-sized one.
+## fp32 throughput vs PyTorch (same weights, same threads), bundled model, a ddpm-cifar10-sized one, and SD-1.5- and
+## cin256-shaped latent UNets (int8 and bf16 beside, peak memory per forward).
 bench: build venv
 	@mkdir -p out
 	test -d out/bench-cifar || $(PY) tools/bench_torch.py --make-random-model out/bench-cifar --config cifar
 	$(PTQD) bench --batches 1,16,64 --torch-python $(PY) --json out/bench-fmnist.json
 	$(PTQD) bench --model out/bench-cifar --batches 1,16,64 --torch-python $(PY) --json out/bench-cifar.json
+	@# Latent diffusion at scale (random weights, diffusers' own shapes): SD-1.5's UNet (4x64x64 latents, context
+	@# [N, 77, 768]) and LDM-4 cin256's (3x64x64, one-token class context [N, 1, 512]); fp32, bf16 and W8A8 next to
+	@# PyTorch, with each forward's peak memory. The W8A8 files are calibrated on one 2-step trajectory: timing only.
+	test -d out/bench-sd15 || $(PY) tools/bench_torch.py --make-random-model out/bench-sd15 --config sd15
+	test -f out/bench-sd15-w8a8.safetensors || $(PTQD) quantize --model out/bench-sd15 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
+	  --calib-context out/bench-sd15/context.safetensors --group-size 64 --batch 2 --out out/bench-sd15-w8a8.safetensors
+	$(PTQD) bench --model out/bench-sd15 --batches 1,2 --seconds 1 --context-length 77 --quantized out/bench-sd15-w8a8.safetensors \
+	  --torch-python $(PY) --json out/bench-sd15.json
+	test -d out/bench-cin256 || $(PY) tools/bench_torch.py --make-random-model out/bench-cin256 --config cin256
+	test -f out/bench-cin256-w8a8.safetensors || $(PTQD) quantize --model out/bench-cin256 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
+	  --calib-context out/bench-cin256/context.safetensors --group-size 64 --batch 2 --out out/bench-cin256-w8a8.safetensors
+	$(PTQD) bench --model out/bench-cin256 --batches 1,2 --seconds 1 --quantized out/bench-cin256-w8a8.safetensors \
+	  --torch-python $(PY) --json out/bench-cin256.json
 
 train-ddpm: venv
 	OMP_WAIT_POLICY=PASSIVE $(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90

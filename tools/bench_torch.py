@@ -25,9 +25,16 @@ Measure:
     --attention both reports both.
 
 Make a model to benchmark:
-  bench_torch.py --make-random-model OUT --config cifar [--seed 0]
+  bench_torch.py --make-random-model OUT --config cifar|sd15|cin256 [--seed 0]
     writes OUT/unet (config.json + diffusion_pytorch_model.safetensors) and OUT/scheduler/scheduler_config.json:
-    a randomly initialised (seeded) UNet with google/ddpm-cifar10-32's architecture (35.7M parameters).
+    a randomly initialised (seeded) UNet with google/ddpm-cifar10-32's architecture (35.7M parameters), Stable
+    Diffusion 1.5's UNet2DConditionModel (860M), or LDM-4 ImageNet cin256-v2's in diffusers form (~400M).
+    Cross-attention UNets get a seeded random context [N, --context-length, cross_attention_dim] when timed, and
+    OUT/context.safetensors ('context' and 'null_context' [1, L, D], L = 77 for sd15, 1 for cin256) for
+    `ptqd quantize --calib-context` of a file made only to be timed.
+
+Memory: each result carries the resident set after warm-up (weights, caches) and the high-water mark of one
+more forward above it (VmHWM after resetting it through /proc/self/clear_refs): the activation memory.
 
 Environment: OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE change OpenBLAS's kernel choice; a warning is printed to
 stderr when they are set (the benchmark caller unsets them for the peer command).
@@ -46,7 +53,7 @@ import torch.nn as nn
 import safetensors.torch  # noqa: F401  (diffusers 0.27 uses safetensors.torch without importing the submodule)
 
 import diffusers
-from diffusers import DDPMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel, UNet2DModel
 from diffusers.models.attention_processor import Attention, AttnProcessor
 from diffusers.utils import logging as dlogging
 
@@ -66,12 +73,39 @@ CONFIGS = {
         norm_eps=1e-6, norm_num_groups=32, mid_block_scale_factor=1, act_fn="silu",
         center_input_sample=False, time_embedding_type="positional",
     ),
+    # Stable Diffusion 1.5's unet/config.json (runwayml/stable-diffusion-v1-5): 860M parameters, 4x64x64 latents,
+    # CLIP context [N, 77, 768]; "attention_head_dim": 8 is the number of heads (diffusers' naming quirk).
+    "sd15": dict(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8, norm_num_groups=32, norm_eps=1e-5,
+        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, act_fn="silu", center_input_sample=False,
+    ),
+    # LDM-4 ImageNet (cin256-v2) in diffusers terms: 3x64x64 VQ-f4 latents, model_channels 192 x [1, 2, 3, 5],
+    # attention at 32, 16 and 8 (no attention at 64x64), 32-channel heads (6/12/18/30 heads: the list is the head
+    # count), ClassEmbedder context [N, 1, 512], 2 res blocks per level.
+    "cin256": dict(
+        sample_size=64, in_channels=3, out_channels=3, layers_per_block=2,
+        block_out_channels=(192, 384, 576, 960),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=512, attention_head_dim=(6, 12, 18, 30), norm_num_groups=32, norm_eps=1e-5,
+        flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, act_fn="silu", center_input_sample=False,
+    ),
 }
+CONDITIONAL = {"sd15", "cin256"}
 # DDPMScheduler defaults (linear 1e-4..0.02, 1000 steps); not used by the benchmark, written so the folder
 # is a complete diffusers layout.
 SCHEDULERS = {
     "cifar": dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear",
                   clip_sample=True, variance_type="fixed_small", prediction_type="epsilon"),
+    # LDM / SD: scaled_linear 0.00085..0.012, DDIM leading spacing with steps_offset 1.
+    "sd15": dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                 clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon"),
+    "cin256": dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+                   clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon"),
 }
 
 
@@ -89,10 +123,20 @@ def make_random_model(out, config, seed):
     if config not in CONFIGS:
         sys.exit(f"unknown --config {config!r} (known: {', '.join(CONFIGS)})")
     torch.manual_seed(seed)
-    model = UNet2DModel(**CONFIGS[config]).eval()
+    cls = UNet2DConditionModel if config in CONDITIONAL else UNet2DModel
+    model = cls(**CONFIGS[config]).eval()
     os.makedirs(out, exist_ok=True)
     model.save_pretrained(os.path.join(out, "unet"), safe_serialization=True)
-    DDPMScheduler(**SCHEDULERS[config]).save_pretrained(os.path.join(out, "scheduler"))
+    sched = DDIMScheduler if config in CONDITIONAL else DDPMScheduler
+    sched(**SCHEDULERS[config]).save_pretrained(os.path.join(out, "scheduler"))
+    if config in CONDITIONAL:
+        # A seeded random context (and null context) for calibrating a file that is quantized only to be timed.
+        from safetensors.torch import save_file
+        length = 77 if config == "sd15" else 1
+        g = torch.Generator().manual_seed(seed + 1)
+        width = CONFIGS[config]["cross_attention_dim"]
+        save_file({"context": torch.randn((1, length, width), generator=g),
+                   "null_context": torch.randn((1, length, width), generator=g)}, os.path.join(out, "context.safetensors"))
     n = sum(p.numel() for p in model.parameters())
     print(f"wrote {out}/unet and {out}/scheduler ({config}, seed {seed}, {n} parameters)", file=sys.stderr)
 
@@ -105,8 +149,35 @@ def resolve_model_dir(path):
     sys.exit(f"{path}: neither {path}/unet/config.json nor {path}/config.json exists")
 
 
+def load_unet(mdir):
+    with open(os.path.join(mdir, "config.json")) as f:
+        name = json.load(f).get("_class_name", "UNet2DModel")
+    cls = {"UNet2DModel": UNet2DModel, "UNet2DConditionModel": UNet2DConditionModel}.get(name)
+    if cls is None:
+        sys.exit(f"{mdir}: _class_name {name} is not benchmarked")
+    return cls.from_pretrained(mdir).eval()
+
+
+CONTEXT_LENGTH = 1
+
+
+def call(model, sample, timesteps, labels):
+    """One forward; labels is the class tensor (UNet2DModel) or the context (UNet2DConditionModel)."""
+    if isinstance(model, UNet2DConditionModel):
+        return model(sample, timesteps, encoder_hidden_states=labels)
+    return model(sample, timesteps, labels)
+
+
 def make_inputs(model, batch, seed=0):
     cfg = model.config
+    if isinstance(model, UNet2DConditionModel):
+        size = cfg.sample_size
+        h, w = (size, size) if isinstance(size, int) else tuple(size)
+        g = torch.Generator().manual_seed(seed + batch)
+        sample = torch.randn((batch, cfg.in_channels, h, w), generator=g)
+        timesteps = ((torch.arange(batch, dtype=torch.float64) + 0.5) * 1000 / batch).long().clamp(0, 999)
+        context = torch.randn((batch, CONTEXT_LENGTH, cfg.cross_attention_dim), generator=g)
+        return sample, timesteps, context
     size = cfg.sample_size
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     g = torch.Generator().manual_seed(seed + batch)
@@ -135,24 +206,32 @@ def count_macs(model):
     def linear_hook(mod, inp, out):
         counts["linear"] += out.numel() * mod.in_features
 
-    def attn_pre_hook(mod, args, kwargs=None):
-        x = args[0] if args else kwargs["hidden_states"]
-        b = x.shape[0]
-        tokens = x.shape[2] * x.shape[3] if x.ndim == 4 else x.shape[1]
-        head_dim = mod.inner_dim // mod.heads
-        counts["attention_matmul"] += 2 * b * mod.heads * tokens * tokens * head_dim  # QK^T and PV
+    # QK^T and PV: query tokens x key tokens x inner width each (keys = the context for cross-attention),
+    # from the row counts of to_q and to_k (batch 1).
+    seen = {}
+
+    def q_hook(mod, inp, out):
+        seen[id(mod)] = out.numel() // out.shape[-1]
+
+    def make_k_hook(q):
+        def k_hook(mod, inp, out):
+            tq, tk = seen.get(id(q), 0), out.numel() // out.shape[-1]
+            counts["attention_matmul"] += 2 * tq * tk * out.shape[-1]
+        return k_hook
 
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(conv_hook))
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(linear_hook))
-        elif isinstance(m, Attention):
-            hooks.append(m.register_forward_pre_hook(attn_pre_hook))
+    for m in model.modules():
+        if isinstance(m, Attention):
+            hooks.append(m.to_q.register_forward_hook(q_hook))
+            hooks.append(m.to_k.register_forward_hook(make_k_hook(m.to_q)))
     try:
         sample, timesteps, labels = make_inputs(model, 1)
         with torch.no_grad():
-            model(sample, timesteps, labels)
+            call(model, sample, timesteps, labels)
     finally:
         for h in hooks:
             h.remove()
@@ -171,20 +250,43 @@ def bench_one(model, batch, layout, warmup, iters, min_seconds):
         sample = sample.contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         for _ in range(warmup):
-            model(sample, timesteps, labels)
+            call(model, sample, timesteps, labels)
+        # Memory: resident set after warm-up, then the high-water mark of one more forward above it.
+        base = memory_status()["VmRSS"]
+        reset_peak()
+        call(model, sample, timesteps, labels)
+        peak = memory_status()["VmHWM"]
         if iters is None:
             t0 = time.perf_counter()
-            model(sample, timesteps, labels)
+            call(model, sample, timesteps, labels)
             one = time.perf_counter() - t0
             iters = max(3, math.ceil(min_seconds / max(one, 1e-6)))
         times = []
         for _ in range(iters):
             t0 = time.perf_counter()
-            model(sample, timesteps, labels)
+            call(model, sample, timesteps, labels)
             times.append(time.perf_counter() - t0)
     med = statistics.median(times)
     return dict(batch=batch, iters=iters, ms_per_forward=med * 1e3, ms_min=min(times) * 1e3,
-                images_per_s=batch / med, seconds_timed=sum(times))
+                images_per_s=batch / med, seconds_timed=sum(times),
+                rss_after_warmup_bytes=base, peak_above_rss_bytes=max(peak - base, 0))
+
+
+def memory_status():
+    """VmRSS / VmHWM of this process in bytes (Linux /proc/self/status)."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            if k in ("VmRSS", "VmHWM"):
+                out[k] = int(v.split()[0]) * 1024
+    return out
+
+
+def reset_peak():
+    """Resets VmHWM to the current RSS (writing 5 to /proc/self/clear_refs, Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def main():
@@ -201,7 +303,8 @@ def main():
     ap.add_argument("--fast-attention", action="store_true", help="same as --attention fast")
     ap.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     ap.add_argument("--make-random-model", metavar="OUT", help="write a seeded random model (see --config) and exit")
-    ap.add_argument("--config", default="cifar", help="architecture for --make-random-model (cifar)")
+    ap.add_argument("--config", default="cifar", help="architecture for --make-random-model: cifar, sd15, cin256")
+    ap.add_argument("--context-length", type=int, default=1, help="context tokens L of a cross-attention UNet (SD: 77)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     dlogging.set_verbosity_error()
@@ -219,8 +322,10 @@ def main():
     attentions = ["stock", "fast"] if args.attention == "both" else [args.attention]
 
     torch.set_num_threads(args.threads)
+    global CONTEXT_LENGTH
+    CONTEXT_LENGTH = args.context_length
     mdir = resolve_model_dir(args.model)
-    model = UNet2DModel.from_pretrained(mdir).eval()
+    model = load_unet(mdir)
     set_attention(model, "stock")
     macs = count_macs(model)
     gmac = sum(macs.values()) / 1e9
@@ -236,7 +341,8 @@ def main():
                 r["gmac_per_s"] = r["images_per_s"] * gmac
                 results.append(r)
                 print(f"batch {b:>4} {layout:>13} {attention:>5}: {r['images_per_s']:9.2f} img/s  "
-                      f"{r['ms_per_forward']:9.2f} ms/forward  ({r['iters']} iters, {r['gmac_per_s']:.1f} GMAC/s)",
+                      f"{r['ms_per_forward']:9.2f} ms/forward  ({r['iters']} iters, {r['gmac_per_s']:.1f} GMAC/s, "
+                      f"peak +{r['peak_above_rss_bytes'] / 2**30:.2f} GiB over {r['rss_after_warmup_bytes'] / 2**30:.2f} GiB)",
                       file=sys.stderr)
     model.to(memory_format=torch.contiguous_format)
 

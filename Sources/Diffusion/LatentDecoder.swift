@@ -32,6 +32,10 @@ public final class LatentDecoder {
     public let codes: Int
     /// Every Conv2d/Linear of the decoder, in execution order.
     public private(set) var layers: [WeightLayer] = []
+    /// The mid-block attention (if any), for attention quantization and costs.
+    public var attentions: [AttentionAccounting] {
+        midAttention.map { a in [AttentionAccounting(query: a.toQ, key: a.toK, output: a.toOut, innerWidth: a.heads * a.headDim, site: a.attention)] } ?? []
+    }
     public let parameterCount: Int
 
     let postQuantConv: WeightLayer

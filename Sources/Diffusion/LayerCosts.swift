@@ -32,8 +32,25 @@ public struct LayerCosts: Sendable {
     public var totalMACs: Int { layers.reduce(0) { $0 + $1.macs } }
     public var convMACs: Int { layers.filter { $0.kind == .conv }.reduce(0) { $0 + $1.macs } }
 
-    /// Measures a network at its configured sample size (batch 1, `exampleConditioning`).
-    public static func measure(_ network: Denoiser) throws -> LayerCosts {
+    /// Measures a network at its configured sample size, batch 1, with `conditioning` (one row; default
+    /// `exampleConditioning`, e.g. a one-token context: pass an SD model's `[1, 77, 768]` context to cost it as used).
+    public static func measure(_ network: Denoiser, conditioning: Conditioning? = nil) throws -> LayerCosts {
+        try measure(layers: network.layers, attentions: network.attentions, parameters: network.parameterCount) {
+            _ = try network.forward(Tensor(shape: [1] + network.sampleShape), timesteps: [1],
+                                    conditioning: conditioning ?? network.exampleConditioning(rows: 1))
+        }
+    }
+
+    /// A first-stage decoder's costs for one image (latents of `latentShape` `[h, w, c]`).
+    public static func measure(_ decoder: LatentDecoder, latentShape: [Int]) throws -> LayerCosts {
+        try measure(layers: decoder.layers, attentions: decoder.attentions, parameters: decoder.parameterCount) {
+            _ = try decoder.decode(Tensor(shape: [1] + latentShape))
+        }
+    }
+
+    /// Costs of `layers` (and the `attentions` among them) over one batch-1 `forward`.
+    public static func measure(layers: [WeightLayer], attentions: [AttentionAccounting], parameters: Int,
+                               forward: () throws -> Void) throws -> LayerCosts {
         final class Counter: WeightLayerKernel {
             let inner: WeightLayerKernel
             var inputShape: [Int] = []
@@ -41,12 +58,11 @@ public struct LayerCosts: Sendable {
             var isPure: Bool { false }
             func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
         }
-        let layers = network.layers
         let originals = layers.map(\.kernel)
         let counters = originals.map(Counter.init)
         for (l, c) in zip(layers, counters) { l.kernel = c }
         defer { for (l, k) in zip(layers, originals) { l.kernel = k } }
-        _ = try network.forward(Tensor(shape: [1] + network.sampleShape), timesteps: [1], conditioning: network.exampleConditioning(rows: 1))
+        try forward()
         var rows: [LayerCost] = []
         var tokens: [ObjectIdentifier: Int] = [:]
         for (l, c) in zip(layers, counters) {
@@ -63,7 +79,7 @@ public struct LayerCosts: Sendable {
             }
         }
         // Attention matmuls (QKᵀ and PV: query tokens × key tokens × inner width each), placed before each output projection.
-        for a in network.attentions {
+        for a in attentions {
             let tq = tokens[ObjectIdentifier(a.query)] ?? 0, tk = tokens[ObjectIdentifier(a.key)] ?? 0
             let prefix = a.site.name
             let half = tq * tk * a.innerWidth
@@ -72,6 +88,6 @@ public struct LayerCosts: Sendable {
                 rows.insert(LayerCost(name: "\(prefix).attn_qk", kind: .attentionScores, role: nil, macs: half, parameters: 0), at: idx)
             }
         }
-        return LayerCosts(layers: rows, parameters: network.parameterCount)
+        return LayerCosts(layers: rows, parameters: parameters)
     }
 }

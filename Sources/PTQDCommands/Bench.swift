@@ -29,6 +29,13 @@ struct Bench: ParsableCommand {
     @Option(help: "write the results as JSON here") var json: String?
     @Option(name: .customLong("quantized"), help: "also time these quantized files (comma list), integer kernels, same batches, same run")
     var quantizedFiles: String?
+    @Option(name: .customLong("context-length"), help: "context tokens L of a cross-attention UNet (a seeded random context [N, L, D]; SD: 77)")
+    var contextLength: Int = 1
+
+    func validate() throws {
+        guard contextLength >= 1 else { throw ValidationError("--context-length must be >= 1") }
+        guard seconds > 0 else { throw ValidationError("--seconds must be > 0") }
+    }
 
     func run() throws {
         runtime.apply()
@@ -39,7 +46,9 @@ struct Bench: ParsableCommand {
             guard let b = Int(s.trimmingCharacters(in: .whitespaces)), b >= 1 else { throw ValidationError("--batches: bad batch size '\(s)'") }
             return b
         }
-        let costs = try LayerCosts.measure(unet)
+        var costConditioning: Conditioning? = nil
+        if case let .context(width) = unet.conditioningKind, contextLength > 1 { costConditioning = .context(Tensor(shape: [1, contextLength, width])) }
+        let costs = try LayerCosts.measure(unet, conditioning: costConditioning)
         let peaks = Self.measurePeaks(threads: runtime.threads)
         print("cpu: \(Self.cpuModel()); oneDNN ISA \(DNNL.isaName)\(DNNL.hasVNNI ? "" : " (no VNNI: 8-bit weights run as hi+lo halves)"); our kernels \(KernelISA.active)")
         print("measured peak on \(runtime.threads) threads: " + peaks.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
@@ -50,10 +59,11 @@ struct Bench: ParsableCommand {
         for b in bs {
             let r = try measure(unet, batch: b, convMACs: costs.convMACs)
             let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
-            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of measured fp32 peak",
-                         b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff))
+            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of measured fp32 peak%@",
+                         b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
             ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
-                         "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff])
+                         "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff,
+                         "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull()])
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
                                      "onednn": DNNL.version, "isa": DNNL.isaName, "kernel_isa": KernelISA.active.description,
@@ -71,8 +81,8 @@ struct Bench: ParsableCommand {
                 let r = try measure(bf, batch: b, convMACs: costs.convMACs)
                 let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                 bf16ByBatch[b] = r.imagesPerSecond
-                print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×",
-                             b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.imagesPerSecond / fp))
+                print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×%@",
+                             b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.imagesPerSecond / fp, r.memoryNote))
                 rows.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.imagesPerSecond / fp])
             }
             report["bf16"] = rows
@@ -92,20 +102,22 @@ struct Bench: ParsableCommand {
                     let perImage = parts.reduce(0.0) { $0 + $1.1 / $1.0.imagesPerSecond }
                     let ms = parts.reduce(0.0) { $0 + $1.1 * $1.0.msPerForward }
                     let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
-                    let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv)
+                    let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv,
+                                   residentBytes: parts.compactMap(\.0.residentBytes).max(), peakAboveBytes: parts.compactMap(\.0.peakAboveBytes).max())
                     let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                     let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
-                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@",
+                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@%@",
                                  r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
                                  q.convGflops, 100 * eff, r.label, q.imagesPerSecond / fp,
-                                 dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : ""))
+                                 dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", q.memoryNote))
                     if let bfr = bf16ByBatch[b] {
                         print(String(format: "                  %@/bf16 = %.2f×", r.label, q.imagesPerSecond / bfr))
                     }
                     qrows.append(["file": f, "label": r.label, "batch": b, "images_per_s": q.imagesPerSecond,
                                   "speedup_vs_bf16": bf16ByBatch[b].map { q.imagesPerSecond / $0 } ?? NSNull(),
                                   "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp,
-                                  "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff])
+                                  "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff,
+                                  "rss_after_warmup_bytes": q.residentBytes ?? NSNull(), "peak_above_rss_bytes": q.peakAboveBytes ?? NSNull()])
                 }
             }
             report["quantized"] = qrows
@@ -117,8 +129,11 @@ struct Bench: ParsableCommand {
                     for r in results {
                         guard let b = r["batch"] as? Int, let ips = r["images_per_s"] as? Double,
                               let mine = ours.first(where: { ($0["batch"] as? Int) == b })?["images_per_s"] as? Double else { continue }
-                        print(String(format: "torch  batch %3d: %9.2f img/s (%@)  →  ours/torch = %.2f×", b, ips,
-                                     (r["layout"] as? String) ?? "?", mine / ips))
+                        let mem = (r["peak_above_rss_bytes"] as? Double).map { p in
+                            String(format: "; memory %.2f GiB resident, one forward peaks +%.2f GiB", ((r["rss_after_warmup_bytes"] as? Double) ?? .nan) / 1073741824, p / 1073741824)
+                        } ?? ""
+                        print(String(format: "torch  batch %3d: %9.2f img/s (%@)  →  ours/torch = %.2f×%@", b, ips,
+                                     (r["layout"] as? String) ?? "?", mine / ips, mem))
                     }
                 }
             }
@@ -145,7 +160,15 @@ struct Bench: ParsableCommand {
         return (all, rate(match.fp32), rate(match.int8))
     }
 
-    struct Result { let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double }
+    struct Result {
+        let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double
+        /// RSS after warm-up (weights, reordered weights, cached primitives) and the peak of one forward above it.
+        var residentBytes: Int? = nil, peakAboveBytes: Int? = nil
+        var memoryNote: String {
+            guard let r = residentBytes, let p = peakAboveBytes else { return "" }
+            return String(format: "; memory %.2f GiB resident, one forward peaks +%.2f GiB", Double(r) / 1073741824, Double(p) / 1073741824)
+        }
+    }
 
     /// Times UNet forwards at batch `b`; conv time is measured by timing wrappers around conv kernels.
     func measure(_ unet: Denoiser, batch b: Int, convMACs: Int) throws -> Result {
@@ -164,8 +187,18 @@ struct Bench: ParsableCommand {
         gen.fill(x.data, count: x.count)
         let t = (0..<b).map { Float(($0 * 997) % 1000) }
         let classes = (try? ConditioningSpace(kind: unet.conditioningKind).realClasses) ?? 0
-        let cond: Conditioning = classes > 0 ? .classes((0..<b).map { $0 % classes }) : unet.exampleConditioning(rows: b)
+        let cond: Conditioning
+        if classes > 0 {
+            cond = .classes((0..<b).map { $0 % classes })
+        } else if case let .context(width) = unet.conditioningKind, contextLength > 1 {
+            let c = Tensor(shape: [b, contextLength, width])
+            gen.fill(c.data, count: c.count)
+            cond = .context(c)
+        } else {
+            cond = unet.exampleConditioning(rows: b)
+        }
         for _ in 0..<2 { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
+        let memory = try ProcessMemory.peakAbove { try unet.forward(x, timesteps: t, conditioning: cond) }
         var times: [Double] = []
         let start = Date()
         while times.count < 3 || Date().timeIntervalSince(start) < seconds {
@@ -185,7 +218,8 @@ struct Bench: ParsableCommand {
         for _ in 0..<reps { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
         let convSeconds = timed.reduce(0) { $0 + $1.seconds } / Double(reps)
         return Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
-                      convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9)
+                      convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9,
+                      residentBytes: memory.resident, peakAboveBytes: memory.peakAbove)
     }
 
     /// Runs tools/bench_torch.py as the PyTorch peer; nil (with a note) if it cannot run.
@@ -198,7 +232,7 @@ struct Bench: ParsableCommand {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: torchPython)
         p.arguments = [script, "--model", modelPath, "--batches", batches, "--threads", "\(runtime.threads)",
-                       "--min-seconds", "\(seconds)", "--layout", torchLayout, "--json"]
+                       "--min-seconds", "\(seconds)", "--layout", torchLayout, "--context-length", "\(contextLength)", "--json"]
         var env = ProcessInfo.processInfo.environment
         env["OPENBLAS_CORETYPE"] = nil; env["OPENBLAS_L2_SIZE"] = nil
         p.environment = env

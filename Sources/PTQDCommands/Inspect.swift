@@ -84,6 +84,14 @@ struct Inspect: ParsableCommand {
                          Double(costs.totalMACs) / 1e9, costs.totalBOPs / 1e9, costs.fp32BOPs / 1e9, costs.fp32BOPs / costs.totalBOPs,
                          costs.bytes / 1e6, costs.fp32Bytes / 1e6, costs.fp32Bytes / costs.bytes))
         }
+        if let d = info.decoder {
+            print("")
+            print("decoder: quantized \(d.recipe.policy.scheme) (\(d.recipe.weightMethod.rawValue), activation range \(d.recipe.rangeMethod)), \(d.layers.count) layers\(d.attentions.map { ", \($0.count) attentions" } ?? ""); made from decoder weights \(d.sourceWeightsDigest) (its fp32 parameters come from the source pipeline folder)")
+            let width = max(44, d.layers.map(\.name.count).max() ?? 0)
+            for l in d.layers {
+                print("  \(l.name.padding(toLength: width, withPad: " ", startingAt: 0)) \(l.precision)  activation \(l.inputs.map { String(format: "%.3g/%d", $0.scale, $0.zeroPoint) }.joined(separator: " | "))")
+            }
+        }
         print(String(format: "file size: %.2f MB", Double(fileBytes) / 1e6))
         if let json = info.attachments[CorrectionDocument.attachmentName] {
             let doc = try CorrectionDocument(json: json)

@@ -32,6 +32,9 @@ struct Quantize: ParsableCommand {
     @Option(name: .customLong("keep-8bit"), help: "layers kept at 8 bits: comma list of first, last, time, or none") var keep8bit: KeepEightBitList = KeepEightBitList(KeepEightBit.allCases)
     @Option(name: .customLong("rule"), help: "per-layer override PATTERN=wXaY or PATTERN=fp32 (repeatable)") var rules: [PrecisionRule] = []
     @Option(name: .customLong("act-range"), help: "activation range: mse, minmax or percentile:P") var actRange: RangeMethod = .mse
+    @Flag(name: .customLong("quantize-decoder"), help: "also quantize the first-stage decoder of a latent pipeline (calibrated on the final latents of the FP calibration trajectories)")
+    var quantizeDecoder = false
+    @Option(name: .customLong("decoder-scheme"), help: "bits of the decoder with --quantize-decoder") var decoderScheme: LayerPrecision = try! LayerPrecision(parsing: "w8a8")
     @Flag(name: .customLong("quantize-attention"), help: "also quantize attention: q, k, v at the activation bits and the softmax output at 8 bits unsigned (Q-Diffusion's scheme; BOPs count the two products at those bits)")
     var quantizeAttention = false
     @Option(name: .customLong("adaround-iters"), help: "AdaRound iterations per layer (default: the library's)") var adaroundIters: Int?
@@ -58,6 +61,9 @@ struct Quantize: ParsableCommand {
         if let i = adaroundIters, i < 1 { throw ValidationError("--adaround-iters must be >= 1") }
         guard statsTrajectories >= 1 else { throw ValidationError("--stats-trajectories must be >= 1") }
         guard cheapFraction >= 0 && cheapFraction <= 1 else { throw ValidationError("--cheap-fraction must be in [0, 1]") }
+        if quantizeDecoder && quantizeAttention && decoderScheme.activationBits == nil {
+            throw ValidationError("--quantize-attention needs quantized activations; --decoder-scheme \(decoderScheme) keeps them fp32")
+        }
         if quantizeAttention, let fp = schemes.first(where: { $0.activationBits == nil }) {
             throw ValidationError("--quantize-attention needs quantized activations; \(fp) keeps them fp32")
         }
@@ -107,6 +113,8 @@ struct Quantize: ParsableCommand {
         for (i, r) in recipes.enumerated() {
             variants.append(try quantizeVariant(source, recipe: r, calib: calibSet, options: options, stage: "2/3 (\(i + 1)/\(recipes.count))"))
         }
+        // The first-stage decoder (optional), on the FP trajectories' final latents.
+        let decoder = try quantizeDecoder ? quantizeFirstStage(source, calib: calibSet, options: options) : nil
         // Stage 3: correction statistics and the mixed-precision plan.
         var attachments: [String: String] = [:]
         if correct != .none || mixed != nil {
@@ -131,7 +139,14 @@ struct Quantize: ParsableCommand {
         }
         var info = try makeInfo(source, variants: variants, options: options, trajectorySeconds: trajectorySeconds)
         info.attachments = attachments
-        try QuantizedModel.write(to: out, info: info, source: source, variants: variants.map(\.records))
+        info.decoder = decoder?.info
+        try QuantizedModel.write(to: out, info: info, source: source, variants: variants.map(\.records), decoder: decoder?.records ?? [])
+        if let d = decoder {
+            print(String(format: "decoder %@ (%@): %d layers%@ quantized, %.3f GBOPs per image (%.1f× fewer than fp32), weights %.2f MB (fp32 %.2f MB)",
+                         decoderScheme.description, weights.rawValue, d.records.count,
+                         d.info.attentions.map { String(format: ", %d attentions", $0.count) } ?? "",
+                         d.costs.totalBOPs / 1e9, d.costs.fp32BOPs / d.costs.totalBOPs, d.costs.bytes / 1e6, d.costs.fp32Bytes / 1e6))
+        }
         try printSummary(source: source, info: info, variants: variants, seconds: Date().timeIntervalSince(started))
     }
 
@@ -172,6 +187,36 @@ struct Quantize: ParsableCommand {
         let records = try quantizer.run(calib) { _, _, _ in progress.advance(1) }
         return QuantizedVariantResult(recipe: recipe, records: records, attentions: quantizer.attentionRecords,
                                       seconds: Date().timeIntervalSince(t0), network: network)
+    }
+
+    /// Quantizes a fresh copy of the pipeline's decoder, layer group by layer group, on the final latents of the
+    /// calibration trajectories (divided by the scaling factor, as sampling decodes them).
+    func quantizeFirstStage(_ source: DiffusionModel, calib: CalibrationSet, options: CalibrationOptions) throws -> (info: QuantizedDecoderInfo, records: [QuantizedLayer], costs: ModelCosts) {
+        guard let dir = source.decoderPath, let finals = calib.finalSamples else {
+            throw ValidationError("--quantize-decoder needs a latent pipeline folder (with vae/ or vqvae/); \(source.directory) has no decoder")
+        }
+        let decoder = try LatentDecoder.load(directory: dir)
+        let policy = PrecisionPolicy(scheme: decoderScheme, keepEightBit: keep8bit.items, rules: rules)
+        let recipe = QuantizationRecipe(policy: policy, weightMethod: weights, rangeMethod: actRange, adaRoundIterations: adaroundIters,
+                                        quantizeAttention: quantizeAttention)
+        var o = options
+        o.batch = min(options.batch, 16)   // decoded images are f² times larger than latents
+        let quantizer = LayerQuantizer(layers: decoder.layers, attentions: decoder.attentions, recipe: recipe, options: o)
+        let candidates = decoder.layers.filter { policy.precision(name: $0.name, role: $0.role) != nil }.count
+        let progress = ProgressReporter(label: "quantize decoder: \(decoderScheme) \(weights.rawValue) layers",
+                                        total: max((candidates + o.groupSize - 1) / o.groupSize, 1), unit: "groups", enabled: !quiet)
+        let t0 = Date()
+        let records = try quantizer.run(rows: finals.shape[0], progress: { _, _, _ in progress.advance(1) }) { range in
+            let z = finals.slice(batch: range).copy()
+            for i in 0..<z.count { z.data[i] /= decoder.scalingFactor }
+            _ = try decoder.decode(z)
+        }
+        let digest = try SafeTensorsFile(path: try DiffusionModel.findWeights(in: URL(fileURLWithPath: dir))).contentDigest()
+        let info = QuantizedDecoderInfo(recipe: recipe, layers: records.map(QuantizedLayerInfo.init), attentions: quantizer.attentionRecords,
+                                        sourceWeightsDigest: digest, seconds: Date().timeIntervalSince(t0))
+        let costs = ModelCosts(try LayerCosts.measure(decoder, latentShape: source.network.sampleShape),
+                               precisions: QuantizedModel.costPrecisions(layers: records, attentions: quantizer.attentionRecords))
+        return (info, records, costs)
     }
 
     func makeInfo(_ source: DiffusionModel, variants: [QuantizedVariantResult], options: CalibrationOptions,

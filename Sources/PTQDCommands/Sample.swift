@@ -49,6 +49,9 @@ struct Sample: ParsableCommand {
         runtime.apply()
         let model = try PipelineModel.make(model: self.model, quantized: quant)
         if quant.quantized != nil, self.model.model != nil { try model.attachDecoder(from: try self.model.load()) }
+        if let q = model.quantized, q.info.decoder != nil, self.model.model == nil {
+            throw ValidationError("\(q.path) holds a quantized decoder: pass its source pipeline folder with --model DIR")
+        }
         let settings = sampler.settings(for: model.scheduler)
         let contexts = try context.map { try model.loadContexts(file: $0, count: n) }
         if case .context = model.network.conditioningKind, contexts == nil {

@@ -64,18 +64,34 @@ public final class PipelineModel {
     /// The file holding the weights.
     public let weightsFile: String
     private var digest: String?
+    /// How quantized layers run (fp32 models: irrelevant).
+    private let executionMode: ExecutionMode
     /// The first-stage decoder of a latent pipeline (fp32); nil for pixel-space models. A quantized file of a latent
     /// pipeline takes it from its source folder (`attachDecoder`).
     public private(set) var decoder: LatentDecoder?
 
-    /// Uses `model`'s decoder (a quantized file sampled next to its source pipeline folder).
+    /// Uses `model`'s decoder (a quantized file sampled next to its source pipeline folder). If the file holds a
+    /// quantized decoder, its kernels are installed into `model`'s decoder (pass a model loaded for this purpose:
+    /// its decoder is changed), after checking the decoder weights are the ones it was made from (unless `force`).
     public func attachDecoder(from model: DiffusionModel) throws {
-        guard let d = model.decoder else { return }
+        guard let d = model.decoder else {
+            if quantized?.info.decoder != nil {
+                throw PipelineError("\(path) holds a quantized decoder but \(model.directory) has no vae/ or vqvae/; pass its source pipeline folder with --model")
+            }
+            return
+        }
         guard d.latentChannels == network.sampleShape[2] else {
             throw PipelineError("\(model.decoderPath ?? model.directory) decodes \(d.latentChannels)-channel latents but \(path) denoises \(network.sampleShape[2]) channels")
         }
+        if let q = quantized, q.info.decoder != nil, let dir = model.decoderPath {
+            let digest = try SafeTensorsFile(path: try DiffusionModel.findWeights(in: URL(fileURLWithPath: dir))).contentDigest()
+            try q.installDecoder(into: d, decoderWeightsDigest: digest, force: force, mode: executionMode)
+        }
         decoder = d
     }
+
+    /// Whether the decoder runs quantized kernels.
+    public var decoderIsQuantized: Bool { quantized?.info.decoder != nil && decoder != nil }
 
     /// `[H, W, C]` of the images this model produces (decoded for latent pipelines).
     public var imageShape: [Int] {
@@ -107,7 +123,7 @@ public final class PipelineModel {
     }
 
     public init(fp32 model: DiffusionModel) {
-        label = "fp32"; network = model.network; scheduler = model.scheduler; quantized = nil; precisions = [:]
+        label = "fp32"; network = model.network; scheduler = model.scheduler; quantized = nil; precisions = [:]; executionMode = .integer
         decoder = model.decoder
         networks = [network]; correction = nil; correctionSettings = .off; force = false; variantPrecisions = [[:]]
         path = model.directory
@@ -116,6 +132,7 @@ public final class PipelineModel {
     }
 
     public init(quantizedFile file: String, mode: ExecutionMode, overrides: CorrectionOverrides = CorrectionOverrides()) throws {
+        executionMode = mode
         let q = try QuantizedModel(path: file)
         quantized = q
         networks = try q.variants.indices.map { try q.makeNetwork(variant: $0, mode: mode) }

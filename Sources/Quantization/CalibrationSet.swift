@@ -43,9 +43,12 @@ public struct CalibrationSet {
     /// `.none`, `.classes` ([R]) or `.context` ([R, L, D]).
     public let conditioning: Conditioning
     public var rows: Int { x.shape[0] }
+    /// x_0 of every FP trajectory `[trajectories, H, W, C]` (the final latents a first-stage decoder calibrates on);
+    /// nil when the set was built from records alone.
+    public let finalSamples: Tensor?
 
-    public init(x: Tensor, timesteps: [Float], conditioning: Conditioning) {
-        self.x = x; self.timesteps = timesteps; self.conditioning = conditioning
+    public init(x: Tensor, timesteps: [Float], conditioning: Conditioning, finalSamples: Tensor? = nil) {
+        self.x = x; self.timesteps = timesteps; self.conditioning = conditioning; self.finalSamples = finalSamples
     }
 
     /// Class labels of the rows (nil unless class-conditioned).
@@ -79,6 +82,7 @@ public struct CalibrationSet {
         var trajectoryRows: [Conditioning] = []
         let noiseSeed = o.seed ^ 0x00CA_11B7_A710_0000  // calibration noise never equals evaluation noise of the same seed
         var done = 0
+        let finals = Tensor(shape: [o.trajectories] + shape)
         try sampler.generate(images: 0..<o.trajectories, batch: o.batch, seed: noiseSeed, shape: shape,
                              conditioning: { r in let c = try trajectoryConditioning(r); trajectoryRows.append(c); return c },
                              hooks: { range in
@@ -90,7 +94,7 @@ public struct CalibrationSet {
                                      done += range.count
                                      progress?(done, o.trajectories * steps)
                                  })
-                             }, onBatch: { _, _ in })
+                             }, onBatch: { range, x0 in (finals.data + range.lowerBound * per).update(from: x0.data, count: range.count * per) })
         let all = try Conditioning.concatenate(trajectoryRows)
         // Draw records stratified over steps, trajectories at random (seeded).
         var rng = GaussianStream(seed: o.seed, index: 0xCA11B)
@@ -113,7 +117,7 @@ public struct CalibrationSet {
         }
         let conditional = try gather(all, rows: picks)
         let rowConditioning = twoHalves ? try Conditioning.concatenate([guided.space.null!.rows(o.samples), conditional]) : conditional
-        return CalibrationSet(x: x, timesteps: ts, conditioning: rowConditioning)
+        return CalibrationSet(x: x, timesteps: ts, conditioning: rowConditioning, finalSamples: finals)
     }
 
     /// Class-balanced labels (trajectory i gets class i mod K) for class-label models; `.none` otherwise.

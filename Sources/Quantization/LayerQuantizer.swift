@@ -211,9 +211,12 @@ final class InputCapture: WeightLayerKernel {
     var meanHessian: [Double] { hessian.map { $0 / Double(max(hessianRows, 1)) } }
 }
 
-/// Quantizes a network in place, layer group by layer group.
+/// Quantizes a network in place, layer group by layer group: a denoiser on calibration records, or any
+/// stack of weight layers (a first-stage decoder) given a forward over calibration rows.
 public final class LayerQuantizer {
-    public let network: Denoiser
+    /// The weight layers in execution order and the attentions among them.
+    public let layers: [WeightLayer]
+    public let attentions: [AttentionAccounting]
     public let recipe: QuantizationRecipe
     public let options: CalibrationOptions
     /// Seconds spent in weight rounding and in forward passes (for the report).
@@ -221,8 +224,27 @@ public final class LayerQuantizer {
     /// The attention quantizers chosen by `run` (empty unless `recipe.quantizeAttention`).
     public private(set) var attentionRecords: [QuantizedAttention] = []
 
-    public init(network: Denoiser, recipe: QuantizationRecipe, options: CalibrationOptions) {
-        self.network = network; self.recipe = recipe; self.options = options
+    /// A denoiser (calibrated by `run(_ calib:)`).
+    public convenience init(network: Denoiser, recipe: QuantizationRecipe, options: CalibrationOptions) {
+        self.init(layers: network.layers, attentions: network.attentions, recipe: recipe, options: options)
+        self.network = network
+    }
+
+    /// Any network given as its layers (calibrated by `run(rows:forward:)`).
+    public init(layers: [WeightLayer], attentions: [AttentionAccounting], recipe: QuantizationRecipe, options: CalibrationOptions) {
+        self.layers = layers; self.attentions = attentions; self.recipe = recipe; self.options = options
+    }
+
+    private var network: Denoiser?
+
+    /// Quantizes the denoiser on calibration records (see `run(rows:forward:)`).
+    public func run(_ calib: CalibrationSet, mode: ExecutionMode = .integer,
+                    progress: ((Int, Int, String) -> Void)? = nil) throws -> [QuantizedLayer] {
+        guard let network else { preconditionFailure("run(_ calib:) needs the denoiser initializer") }
+        return try run(rows: calib.rows, mode: mode, progress: progress) { range in
+            let (x, t, cond) = calib.batch(range)
+            _ = try network.forward(x, timesteps: t, conditioning: cond)
+        }
     }
 
     /// Runs the passes, installs the quantized kernels (`mode`) into `network`, and returns the layer records.
@@ -233,9 +255,9 @@ public final class LayerQuantizer {
     /// output projection of the same group sees fp32 attention outputs, like every in-group dependency.) An
     /// attention whose output projection is not quantized gets one extra pass at the end.
     /// - progress: (groups done, groups total, note).
-    public func run(_ calib: CalibrationSet, mode: ExecutionMode = .integer,
-                    progress: ((Int, Int, String) -> Void)? = nil) throws -> [QuantizedLayer] {
-        let layers = network.layers
+    /// - rows: calibration rows; forward: runs the network on rows `range` (batches of `options.batch`).
+    public func run(rows: Int, mode: ExecutionMode = .integer, progress: ((Int, Int, String) -> Void)? = nil,
+                    forward: (Range<Int>) throws -> Void) throws -> [QuantizedLayer] {
         let fp32 = layers.map(\.kernel)
         let plan: [(Int, LayerPrecision)] = layers.enumerated().compactMap { i, l in
             recipe.policy.precision(name: l.name, role: l.role).map { (i, $0) }
@@ -248,7 +270,7 @@ public final class LayerQuantizer {
         var pendingSites: [(site: MultiHeadAttention, output: Int)] = []
         if let bits = recipe.attentionBits {
             guard bits <= 8 else { throw QuantizationError.invalidScheme("--quantize-attention needs quantized activations (the scheme has fp32 activations)") }
-            pendingSites = network.attentions.map { ($0.site, index[ObjectIdentifier($0.output)]!) }
+            pendingSites = attentions.map { ($0.site, index[ObjectIdentifier($0.output)]!) }
         }
         /// Attaches captures to the pending sites whose output projection is at or before layer `last`.
         func attachSites(upTo last: Int) -> [(MultiHeadAttention, AttentionCapture)] {
@@ -278,10 +300,7 @@ public final class LayerQuantizer {
             for (c, (i, _)) in zip(captures, group) { layers[i].kernel = c }
             for j in (last + 1)..<layers.count { layers[j].kernel = SkippedLayer(layers[j].kind) }
             let t0 = Date()
-            for start in stride(from: 0, to: calib.rows, by: options.batch) {
-                let (x, t, cond) = calib.batch(start..<min(start + options.batch, calib.rows))
-                _ = try network.forward(x, timesteps: t, conditioning: cond)
-            }
+            for start in stride(from: 0, to: rows, by: options.batch) { try forward(start..<min(start + options.batch, rows)) }
             passSeconds += Date().timeIntervalSince(t0)
             for j in (last + 1)..<layers.count { layers[j].kernel = fp32[j] }
             try installSites(sites)
@@ -297,10 +316,7 @@ public final class LayerQuantizer {
         if !pendingSites.isEmpty {
             let sites = attachSites(upTo: layers.count)
             let t0 = Date()
-            for start in stride(from: 0, to: calib.rows, by: options.batch) {
-                let (x, t, cond) = calib.batch(start..<min(start + options.batch, calib.rows))
-                _ = try network.forward(x, timesteps: t, conditioning: cond)
-            }
+            for start in stride(from: 0, to: rows, by: options.batch) { try forward(start..<min(start + options.batch, rows)) }
             passSeconds += Date().timeIntervalSince(t0)
             try installSites(sites)
         }

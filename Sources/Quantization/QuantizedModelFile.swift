@@ -8,6 +8,8 @@
 //       `ptqd.v<v>.<L>.qweight`  I8 [O, K] (5–8-bit weights) or U8 [⌈O·K/2⌉] (≤ 4 bits, two per byte,
 //                                element 2i in the low nibble, two's complement);
 //       `ptqd.v<v>.<L>.wscale`   F32 [O] per-output-channel step sizes.
+//   - with a quantized first-stage decoder (`--quantize-decoder`): `ptqd.decoder.<L>.qweight` / `.wscale`
+//     likewise (the decoder's fp32 parameters stay in the source pipeline folder, identified by digest);
 // * `__metadata__["ptqd"]`: JSON `QuantizedModelInfo` — versions, the source UNet and scheduler
 //   configs verbatim, each variant's recipe and per-layer bits and activation quantizers, the
 //   calibration settings and seed, and attachments (e.g. PTQD correction tables) as JSON strings.
@@ -50,6 +52,22 @@ public struct QuantizedVariantInfo: Codable, Equatable, Sendable {
     }
 }
 
+/// A quantized first-stage decoder. Its fp32 parameters (norms, biases, codebook, fp32 layers) are read from the
+/// source pipeline's decoder folder, whose weights digest must match.
+public struct QuantizedDecoderInfo: Codable, Equatable, Sendable {
+    public var recipe: QuantizationRecipe
+    public var layers: [QuantizedLayerInfo]
+    public var attentions: [QuantizedAttention]?
+    /// `SafeTensorsFile.contentDigest()` of the decoder weights it was made from.
+    public var sourceWeightsDigest: String
+    public var seconds: Double?
+
+    public init(recipe: QuantizationRecipe, layers: [QuantizedLayerInfo], attentions: [QuantizedAttention]?, sourceWeightsDigest: String, seconds: Double?) {
+        self.recipe = recipe; self.layers = layers; self.attentions = attentions?.isEmpty == true ? nil : attentions
+        self.sourceWeightsDigest = sourceWeightsDigest; self.seconds = seconds
+    }
+}
+
 /// What produced a quantized file.
 public struct CalibrationInfo: Codable, Equatable, Sendable {
     public var options: CalibrationOptions
@@ -82,9 +100,11 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
     public var calibration: CalibrationInfo
     /// Extra JSON documents by name (e.g. "correction", "mixed").
     public var attachments: [String: String] = [:]
+    /// The quantized first-stage decoder (absent: the decoder runs fp32).
+    public var decoder: QuantizedDecoderInfo?
 
     enum CodingKeys: String, CodingKey {
-        case format, version, networkConfig = "unetConfig", schedulerConfig, sourceModel, sourceWeightsDigest, variants, calibration, attachments
+        case format, version, networkConfig = "unetConfig", schedulerConfig, sourceModel, sourceWeightsDigest, variants, calibration, attachments, decoder
     }
 
     public init(networkConfig: String, schedulerConfig: String?, sourceModel: String, variants: [QuantizedVariantInfo],
@@ -98,6 +118,8 @@ public struct QuantizedModelInfo: Codable, Equatable, Sendable {
 enum QuantizedTensorName {
     static func weights(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).qweight" }
     static func scales(_ v: Int, _ layer: String) -> String { "ptqd.v\(v).\(layer).wscale" }
+    static func decoderWeights(_ layer: String) -> String { "ptqd.decoder.\(layer).qweight" }
+    static func decoderScales(_ layer: String) -> String { "ptqd.decoder.\(layer).wscale" }
     /// The class embedder of a class-conditional latent pipeline (LDM cin256), fp32 `[K, D]`.
     static let classEmbedder = "ptqd.class_embedder.embedding.weight"
     static let classEmbedderAttachment = "class_embedder"
@@ -117,6 +139,8 @@ public final class QuantizedModel {
     public let variants: [[QuantizedLayer]]
     /// Quantized attentions per variant (empty when attention stays fp32).
     public let attentionVariants: [[QuantizedAttention]]
+    /// The quantized decoder's layer records (empty: the decoder runs fp32).
+    public let decoderLayers: [QuantizedLayer]
 
     public init(path: String) throws {
         self.path = path
@@ -151,44 +175,25 @@ public final class QuantizedModel {
             }
             var layers: [QuantizedLayer] = []
             for l in variant.layers {
-                guard l.precision.isSupported else {
-                    throw QuantizationError.file(path: path, reason: "layer \(l.name) has \(l.precision.weightBits)-bit weights / \(l.precision.activationBits.map(String.init) ?? "fp32") activations; ptqd stores 2…8 bits")
-                }
                 let wName = QuantizedTensorName.weights(v, l.name), sName = QuantizedTensorName.scales(v, l.name)
                 referenced.formUnion([wName, sName])
-                guard file.contains(wName), file.contains(sName) else {
-                    throw QuantizationError.file(path: path, reason: "metadata lists layer \(l.name) but tensor \(file.contains(wName) ? sName : wName) is missing")
-                }
-                let sInfo = try file.info(sName)
-                guard sInfo.shape.count == 1, sInfo.shape[0] > 0 else {
-                    throw QuantizationError.file(path: path, reason: "\(sName) must be a 1-D [O] tensor, has shape \(sInfo.shape)")
-                }
-                let scales = try file.floats(sName)
-                let o = scales.count
-                let wInfo = try file.info(wName)
-                let q: [Int8]
-                if l.precision.weightBits <= 4 {
-                    guard wInfo.dtype == .u8, wInfo.shape.count == 1 else {
-                        throw QuantizationError.file(path: path, reason: "\(wName) must be packed U8 [⌈O·K/2⌉] for \(l.precision.weightBits)-bit weights")
-                    }
-                    let bytes = try file.uint8s(wName)
-                    guard l.weightCount > 0, bytes.count == l.weightCount / 2 + l.weightCount % 2 else {
-                        throw QuantizationError.file(path: path, reason: "\(wName) holds \(bytes.count) bytes for \(l.weightCount) 4-bit weights")
-                    }
-                    q = NibblePacking.unpack(bytes, count: l.weightCount)
-                } else {
-                    guard wInfo.dtype == .i8, wInfo.shape.count == 2, wInfo.shape[0] == o else {
-                        throw QuantizationError.file(path: path, reason: "\(wName) must be I8 [\(o), K], has \(wInfo.dtype.rawValue) \(wInfo.shape)")
-                    }
-                    q = try file.int8s(wName)
-                    guard q.count == l.weightCount else {
-                        throw QuantizationError.file(path: path, reason: "\(wName) holds \(q.count) weights, metadata says \(l.weightCount)")
-                    }
-                }
-                layers.append(QuantizedLayer(name: l.name, precision: l.precision, q: q, scales: scales, inputs: l.inputs, split: l.split))
+                layers.append(try Self.readLayer(l, weights: wName, scales: sName, file: file, path: path))
             }
             variants.append(layers)
         }
+        var decoderLayers: [QuantizedLayer] = []
+        if let d = info.decoder {
+            guard Set(d.layers.map(\.name)).count == d.layers.count else {
+                throw QuantizationError.file(path: path, reason: "the decoder lists a layer twice; re-create the file with `ptqd quantize`")
+            }
+            for l in d.layers {
+                let wName = QuantizedTensorName.decoderWeights(l.name), sName = QuantizedTensorName.decoderScales(l.name)
+                referenced.formUnion([wName, sName])
+                decoderLayers.append(try Self.readLayer(l, weights: wName, scales: sName, file: file, path: path))
+            }
+            try Self.checkAttentions(d.attentions ?? [], owner: "the decoder", path: path)
+        }
+        self.decoderLayers = decoderLayers
         if info.attachments[QuantizedTensorName.classEmbedderAttachment] != nil {
             guard file.contains(QuantizedTensorName.classEmbedder) else {
                 throw QuantizationError.file(path: path, reason: "metadata names a class embedder but tensor \(QuantizedTensorName.classEmbedder) is missing")
@@ -202,18 +207,56 @@ public final class QuantizedModel {
         self.variants = variants
         attentionVariants = try info.variants.map { variant in
             let a = variant.attentions ?? []
-            guard Set(a.map(\.name)).count == a.count else {
-                throw QuantizationError.file(path: path, reason: "variant \(variant.name) lists an attention twice; re-create the file with `ptqd quantize`")
-            }
-            for r in a {
-                let q = r.quantization
-                guard [q.query, q.key, q.value, q.probabilities].allSatisfy(\.isValid), q.probabilities.zeroPoint == 0,
-                      q.probabilities.bits == 8 else {
-                    throw QuantizationError.file(path: path, reason: "attention \(r.name) has an invalid quantizer; re-create the file with `ptqd quantize`")
-                }
-            }
+            try Self.checkAttentions(a, owner: "variant \(variant.name)", path: path)
             return a
         }
+    }
+
+    /// Names unique; every quantizer valid; the softmax quantizer 8-bit with zero point 0.
+    static func checkAttentions(_ a: [QuantizedAttention], owner: String, path: String) throws {
+        guard Set(a.map(\.name)).count == a.count else {
+            throw QuantizationError.file(path: path, reason: "\(owner) lists an attention twice; re-create the file with `ptqd quantize`")
+        }
+        for r in a {
+            let q = r.quantization
+            guard [q.query, q.key, q.value, q.probabilities].allSatisfy(\.isValid), q.probabilities.zeroPoint == 0,
+                  q.probabilities.bits == 8 else {
+                throw QuantizationError.file(path: path, reason: "attention \(r.name) has an invalid quantizer; re-create the file with `ptqd quantize`")
+            }
+        }
+    }
+
+    /// Installs the quantized decoder (if the file has one) into `decoder`, a fresh load of the source pipeline's
+    /// decoder: its weights digest must be the one the file was made from (unless `force`).
+    /// - decoderWeightsDigest: `SafeTensorsFile.contentDigest()` of the decoder's weights file.
+    public func installDecoder(into decoder: LatentDecoder, decoderWeightsDigest: String, force: Bool = false, mode: ExecutionMode = .integer) throws {
+        guard let d = info.decoder else { return }
+        guard force || d.sourceWeightsDigest == decoderWeightsDigest else {
+            throw QuantizationError.file(path: path, reason: "its quantized decoder was made from other decoder weights (\(d.sourceWeightsDigest), given \(decoderWeightsDigest)); pass the source pipeline with --model, or --force")
+        }
+        var fitted = Dictionary(uniqueKeysWithValues: decoderLayers.map { ($0.name, $0) })
+        for layer in decoder.layers {
+            guard let record = fitted.removeValue(forKey: layer.name) else { continue }
+            do { try record.validate(against: layer) } catch let QuantizationError.file(_, reason) {
+                throw QuantizationError.file(path: path, reason: "decoder layer \(record.name): \(reason)")
+            }
+            layer.kernel = record.makeKernel(for: layer, mode: mode)
+        }
+        if let unknown = fitted.keys.sorted().first {
+            throw QuantizationError.file(path: path, reason: "quantized decoder layer \(unknown) does not exist in the decoder")
+        }
+        var sites = Dictionary(uniqueKeysWithValues: decoder.attentions.map { ($0.site.name, $0.site) })
+        for a in d.attentions ?? [] {
+            guard let site = sites.removeValue(forKey: a.name) else {
+                throw QuantizationError.file(path: path, reason: "quantized decoder attention \(a.name) does not exist in the decoder")
+            }
+            site.quantization = a.quantization
+        }
+    }
+
+    /// BOPs precisions of the quantized decoder (layers and attention products); empty if it runs fp32.
+    public var decoderCostPrecisions: [String: LayerPrecision] {
+        Self.costPrecisions(layers: decoderLayers, attentions: info.decoder?.attentions ?? [])
     }
 
     /// BOPs precisions of variant `v`: its layers, plus each quantized attention's two products —
@@ -231,6 +274,43 @@ public final class QuantizedModel {
             p["\(a.name).attn_pv"] = try? LayerPrecision(weightBits: q.value.bits, activationBits: q.probabilities.bits)
         }
         return p
+    }
+
+    /// One layer record: its metadata checked against its weight and scale tensors.
+    static func readLayer(_ l: QuantizedLayerInfo, weights wName: String, scales sName: String, file: SafeTensorsFile, path: String) throws -> QuantizedLayer {
+        guard l.precision.isSupported else {
+            throw QuantizationError.file(path: path, reason: "layer \(l.name) has \(l.precision.weightBits)-bit weights / \(l.precision.activationBits.map(String.init) ?? "fp32") activations; ptqd stores 2…8 bits")
+        }
+        guard file.contains(wName), file.contains(sName) else {
+            throw QuantizationError.file(path: path, reason: "metadata lists layer \(l.name) but tensor \(file.contains(wName) ? sName : wName) is missing")
+        }
+        let sInfo = try file.info(sName)
+        guard sInfo.shape.count == 1, sInfo.shape[0] > 0 else {
+            throw QuantizationError.file(path: path, reason: "\(sName) must be a 1-D [O] tensor, has shape \(sInfo.shape)")
+        }
+        let scales = try file.floats(sName)
+        let o = scales.count
+        let wInfo = try file.info(wName)
+        let q: [Int8]
+        if l.precision.weightBits <= 4 {
+            guard wInfo.dtype == .u8, wInfo.shape.count == 1 else {
+                throw QuantizationError.file(path: path, reason: "\(wName) must be packed U8 [⌈O·K/2⌉] for \(l.precision.weightBits)-bit weights")
+            }
+            let bytes = try file.uint8s(wName)
+            guard l.weightCount > 0, bytes.count == l.weightCount / 2 + l.weightCount % 2 else {
+                throw QuantizationError.file(path: path, reason: "\(wName) holds \(bytes.count) bytes for \(l.weightCount) 4-bit weights")
+            }
+            q = NibblePacking.unpack(bytes, count: l.weightCount)
+        } else {
+            guard wInfo.dtype == .i8, wInfo.shape.count == 2, wInfo.shape[0] == o else {
+                throw QuantizationError.file(path: path, reason: "\(wName) must be I8 [\(o), K], has \(wInfo.dtype.rawValue) \(wInfo.shape)")
+            }
+            q = try file.int8s(wName)
+            guard q.count == l.weightCount else {
+                throw QuantizationError.file(path: path, reason: "\(wName) holds \(q.count) weights, metadata says \(l.weightCount)")
+            }
+        }
+        return QuantizedLayer(name: l.name, precision: l.precision, q: q, scales: scales, inputs: l.inputs, split: l.split)
     }
 
     /// Builds the network of variant `v` with its quantized layers running in `mode`.
@@ -278,8 +358,11 @@ public final class QuantizedModel {
     /// - Parameters:
     ///   - source: the fp32 model the variants were made from.
     ///   - variants: layer records per variant (same order as `info.variants`).
-    public static func write(to path: String, info: QuantizedModelInfo, source: DiffusionModel, variants: [[QuantizedLayer]]) throws {
+    ///   - decoder: the quantized decoder's layer records (with `info.decoder`).
+    public static func write(to path: String, info: QuantizedModelInfo, source: DiffusionModel, variants: [[QuantizedLayer]],
+                             decoder: [QuantizedLayer] = []) throws {
         precondition(variants.count == info.variants.count, "variant records/info mismatch")
+        precondition(decoder.isEmpty == (info.decoder == nil), "decoder records/info mismatch")
         let src = try SafeTensorsFile(path: source.weightsPath)
         // Drop a layer's fp32 weight only if every variant quantizes it.
         let quantizedEverywhere = variants.map { Set($0.map(\.name)) }.reduce(nil as Set<String>?) { acc, s in acc.map { $0.intersection(s) } ?? s } ?? []
@@ -298,18 +381,21 @@ public final class QuantizedModel {
         if let c = source.network as? ClassContextDenoiser {
             try w.add(QuantizedTensorName.classEmbedder, floats: c.embedder.table, shape: [c.embedder.numClasses, c.embedder.embedDim])
         }
-        for (v, layers) in variants.enumerated() {
-            for l in layers {
-                let o = l.scales.count, k = l.q.count / o
-                if l.precision.weightBits <= 4 {
-                    let packed = NibblePacking.pack(l.q)
-                    try w.add(QuantizedTensorName.weights(v, l.name), uint8s: packed, shape: [packed.count])
-                } else {
-                    try w.add(QuantizedTensorName.weights(v, l.name), int8s: l.q, shape: [o, k])
-                }
-                try w.add(QuantizedTensorName.scales(v, l.name), floats: l.scales, shape: [o])
+        /// Integer weights (I8 [O, K], or packed U8 at ≤ 4 bits) and per-channel scales F32 [O].
+        func add(_ l: QuantizedLayer, weights wName: String, scales sName: String) throws {
+            let o = l.scales.count, k = l.q.count / o
+            if l.precision.weightBits <= 4 {
+                let packed = NibblePacking.pack(l.q)
+                try w.add(wName, uint8s: packed, shape: [packed.count])
+            } else {
+                try w.add(wName, int8s: l.q, shape: [o, k])
             }
+            try w.add(sName, floats: l.scales, shape: [o])
         }
+        for (v, layers) in variants.enumerated() {
+            for l in layers { try add(l, weights: QuantizedTensorName.weights(v, l.name), scales: QuantizedTensorName.scales(v, l.name)) }
+        }
+        for l in decoder { try add(l, weights: QuantizedTensorName.decoderWeights(l.name), scales: QuantizedTensorName.decoderScales(l.name)) }
         try w.write(to: path)
     }
 }

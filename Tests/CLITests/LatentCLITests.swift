@@ -147,4 +147,38 @@ final class LatentCLITests: CLITestCase {
         let weightOnly = try run(["quantize", "--model", model, "--scheme", "w4a32", "--calib", "2", "--steps", "2", "--out", tmpPath("w.safetensors"), "--quantize-attention"])
         XCTAssertNotEqual(weightOnly.code, 0); XCTAssertTrue(weightOnly.err.contains("--quantize-attention"), weightOnly.err)
     }
+
+    /// `--quantize-decoder`: the decoder is calibrated on the FP trajectories' final latents and stored in the file
+    /// (its fp32 parameters stay in the pipeline folder, checked by digest); sampling with the file decodes through
+    /// it — the same latents as a file without it, different but close decoded images — and refuses to run without
+    /// the source folder or with another decoder.
+    func testQuantizeDecoder() throws {
+        let model = fixturePath("ldm_pipe_cin_vq")
+        let plain = tmpPath("plain.safetensors"), dec = tmpPath("dec.safetensors")
+        let common = ["quantize", "--model", model, "--scheme", "w4a8", "--calib", "8", "--steps", "4", "--quiet"]
+        let a = try run(common + ["--out", plain]), b = try run(common + ["--out", dec, "--quantize-decoder"])
+        XCTAssertEqual(a.code, 0, a.err); XCTAssertEqual(b.code, 0, b.err)
+        XCTAssertTrue(b.out.contains("decoder w8a8 (rtn):"), b.out)
+        let inspect = try run(["inspect", dec])
+        XCTAssertTrue(inspect.out.contains("decoder: quantized w8a8") && inspect.out.contains("decoder.conv_in"), inspect.out)
+        var out: [SafeTensorsFile] = []
+        for (i, f) in [plain, dec].enumerated() {
+            let r = try run(["sample", "--model", model, "--quantized", f, "--n", "4", "--steps", "4", "--classes", "all",
+                             "--out", tmpPath("g\(i).png"), "--save-tensors", tmpPath("s\(i).safetensors"), "--quiet"])
+            XCTAssertEqual(r.code, 0, r.err)
+            out.append(try SafeTensorsFile(path: tmpPath("s\(i).safetensors")))
+        }
+        XCTAssertEqual(try out[0].floats("latents"), try out[1].floats("latents"), "the decoder flag does not change the denoiser")
+        let x = try out[0].floats("samples"), y = try out[1].floats("samples")
+        let mse = zip(x, y).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(x.count)
+        XCTAssertGreaterThan(mse, 0, "the quantized decoder is used")
+        XCTAssertGreaterThan(10 * log10(4 / mse), 20, "an 8-bit decoder stays within 20 dB PSNR of the fp32 decoder")
+        let noModel = try run(["sample", "--quantized", dec, "--n", "2", "--out", tmpPath("n.png")])
+        XCTAssertNotEqual(noModel.code, 0); XCTAssertTrue(noModel.err.contains("--model"), noModel.err)
+        let other = try run(["sample", "--model", fixturePath("ldm_pipe_cin_kl"), "--quantized", dec, "--n", "2", "--out", tmpPath("o.png")])
+        XCTAssertNotEqual(other.code, 0, other.out)
+        let pixel = try run(["quantize", "--scheme", "w8a8", "--calib", "2", "--steps", "2", "--out", tmpPath("p.safetensors"), "--quantize-decoder"])
+        XCTAssertNotEqual(pixel.code, 0); XCTAssertTrue(pixel.err.contains("no decoder"), pixel.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("p.safetensors")))
+    }
 }
