@@ -33,6 +33,16 @@ public enum Fonts {
         ProcessInfo.processInfo.environment["PTQD_FONT_DIR"] ?? "/usr/share/fonts/truetype/dejavu"
     }
 
+    /// "cairo 1.16.0, FreeType 2.12.1, DejaVuSans.ttf 757076 bytes": what decides the pixels of drawn text.
+    public static var rendererDescription: String {
+        var maj: Int32 = 0, min: Int32 = 0, patch: Int32 = 0
+        if let lib = faces.library { FT_Library_Version(lib, &maj, &min, &patch) }
+        let font = (directory as NSString).appendingPathComponent("DejaVuSans.ttf")
+        let size = (try? FileManager.default.attributesOfItem(atPath: font)[.size] as? Int) ?? nil
+        return "cairo \(String(cString: cairo_version_string())), FreeType \(maj).\(min).\(patch), "
+            + (size.map { "DejaVuSans.ttf \($0) bytes" } ?? "no DejaVuSans.ttf (fontconfig sans-serif)")
+    }
+
     /// True when the DejaVu files exist (otherwise cairo's fontconfig "sans-serif" is used, which may differ).
     public static var dejaVuAvailable: Bool { faces.regular != nil }
 
