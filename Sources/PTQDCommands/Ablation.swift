@@ -137,6 +137,7 @@ struct Ablation: ParsableCommand {
         var page = HTMLReport(title: "ptqd ablation: \(label) \(weights.rawValue), setting \(setting.rawValue)", generator: "ptqd \(ptqdVersion)")
         page.heading("Reproduce")
         page.code(Invocation.command)
+        page.paragraph("Run from \(FileManager.default.currentDirectoryPath).")
         page.heading("Settings")
         page.keyValues([("scheme", label), ("weight rounding", weights.rawValue), ("setting", setting.rawValue + (sampler.overridden ? " (overridden)" : "")),
                         ("sampler", settings.summary), ("n per row (images, equal per class)", "\(n)"), ("seed", "\(seed)"),

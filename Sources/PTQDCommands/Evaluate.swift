@@ -124,6 +124,7 @@ struct Evaluate: ParsableCommand {
         var page = HTMLReport(title: "ptqd evaluate: \(name), setting \(main.setting.name)", generator: "ptqd \(ptqdVersion)")
         page.heading("Reproduce")
         page.code(Invocation.command)
+        page.paragraph("Run from \(FileManager.default.currentDirectoryPath).")
         page.heading("Settings")
         var pairs: [(String, String)] = [("model", fp.path)]
         if let q { pairs.append(("quantized file", q.path)); pairs.append(("quantized model", q.displayName)) }

@@ -30,11 +30,12 @@ final class PlotCLITests: CLITestCase {
         let bad = tmpPath("bad.json")
         try "{\"title\": \"x\", \"series\": [".write(toFile: bad, atomically: true, encoding: .utf8)
         for args in [["plot", bad, "--out", tmpPath("o")], ["plot", tmpPath("missing.json"), "--out", tmpPath("o")],
-                     ["plot", try sidecar("c.json", title: "t", y: [1, 2, 3, 4]), "--names", "a,b", "--out", tmpPath("o")]] {
+                     ["plot", try sidecar("c.json", title: "t", y: [1, 2, 3, 4]), "--names", "a,b", "--out", tmpPath("o")],
+                     ["plot", "--out", tmpPath("o")], ["plot", "--quantized", bad, "--out", tmpPath("o")]] {
             let r = try run(args)
             XCTAssertNotEqual(r.code, 0, args.joined(separator: " "))
             XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, r.err)
-            for f in ["o.png", "o.svg", "o.json"] { XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath(f)), "\(f) written on error") }
+            for f in ["o.png", "o.svg", "o.json", "o-snr.png", "o-k-sigma.png"] { XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath(f)), "\(f) written on error") }
         }
     }
 }
