@@ -145,11 +145,11 @@ final class CLITests: CLITestCase {
         // The HTML page beside report.md: self-contained, with the command that reproduces it.
         let html = try String(contentsOfFile: resumed + "/report.html", encoding: .utf8)
         XCTAssertTrue(html.contains("ptqd evaluate --n 20 --batch 10 --steps 2"), "report.html lacks the command")
-        for part in ["<h2>Settings</h2>", "<h2>Metrics</h2>", "data:image/png;base64,", "<svg"] { XCTAssertTrue(html.contains(part), "report.html lacks \(part)") }
+        for part in ["<h2>Settings</h2>", "<h2>Metrics</h2>", "<h2>Samples</h2>", "data:image/png;base64,"] { XCTAssertTrue(html.contains(part), "report.html lacks \(part)") }
         XCTAssertFalse(html.contains("<script"))
-        for f in ["grid.png", "fid-vs-n.png", "fid-vs-n.svg", "fid-vs-n.json"] {
-            XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + "/" + f), "missing \(f)")
-        }
+        XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + "/grid.png"))
+        // 2 images per class give one point of FID against n: no plot (it needs two).
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + "/fid-vs-n.svg"))
         let reference = try evaluate(straight, ["--quiet"])
         XCTAssertEqual(reference.code, 0, reference.err)
         let a = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors").floats("samples")
