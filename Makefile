@@ -7,12 +7,13 @@ SWIFTFLAGS := -c release
 PTQD := .build/release/ptqd
 VENV := .venv-tools
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev zlib1g-dev dataset-fashion-mnist
+SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev zlib1g-dev libcairo2-dev fonts-dejavu-core dataset-fashion-mnist
 TOOL_PACKAGES := python3-torch python3-venv python3-scipy libopenblas0-pthread
 
-.PHONY: demo test build setup venv fixtures bench train-ddpm clean
+.PHONY: demo test build setup venv fixtures bench train-ddpm figures clean
 
-## System packages (Debian): oneDNN, libpng, LAPACKE, Fashion-MNIST. Installs only what is missing.
+## System packages (Debian): oneDNN, libpng, LAPACKE, zlib, cairo + DejaVu fonts (text in PNG plots and grids),
+## Fashion-MNIST. Installs only what is missing. (chromium is optional: the HTML-report screenshot test uses it if present.)
 setup:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then echo "installing:$$missing" >&2; \
@@ -75,6 +76,39 @@ bench: build venv
 
 train-ddpm: venv
 	OMP_WAIT_POLICY=PASSIVE $(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90
+
+## The figures of docs/results.md and docs/benchmarks.md, redrawn from the measured numbers in docs/data/*.json
+## (plot sidecars and `ptqd bench --json` results; where each came from: docs/data/README.md). Seconds, no sampling.
+D := docs/data
+FIG := docs/images
+STEP := --x-label "sampling step (0 = first, most noisy)"
+SNRY := --y-label "SNR (power ratio, log scale)"
+KSY := --y-label "k_t, σ_q (dimensionless; ε has unit variance)"
+KSN := --names "k_t before clamping,σ_q (std of the residual Δ')"
+figures: build
+	$(PTQD) plot $(D)/snr-w4a8-rtn-A.json --out $(FIG)/snr-w4a8-rtn-A $(STEP) $(SNRY) --title "SNR per sampling step, W4A8 RTN, setting A" \
+	  --subtitle "DDIM 20 steps, eta 0, guidance 3; statistics from 128 FP trajectories" --names "SNR^Q W4A8 (signal / quantization noise),SNR^F (signal / diffusion noise)"
+	$(PTQD) plot $(D)/snr-w4a8-rtn-B-negk.json --out $(FIG)/snr-w4a8-rtn-B $(STEP) $(SNRY) --title "SNR per sampling step, W4A8 RTN, setting B" \
+	  --subtitle "DDIM 100 steps, eta 1, guidance 1.5; statistics from 128 FP trajectories" --names "SNR^Q W4A8 (signal / quantization noise),SNR^F (signal / diffusion noise)"
+	$(PTQD) plot $(D)/snr-w4a4-w4a8-mixed-B.json --out $(FIG)/snr-w4a4-w4a8-mixed-B $(STEP) $(SNRY) --title "SNR per sampling step and scheme, setting B" \
+	  --subtitle "W4A4 and W4A8 RTN; DDIM 100 steps, eta 1, guidance 1.5; 64 FP trajectories" --names "SNR^Q W4A4,SNR^Q W4A8,SNR^F (signal / diffusion noise)"
+	$(PTQD) plot $(D)/snr-w4a8-adaround-dpm20.json --out $(FIG)/snr-w4a8-adaround-dpm20 $(STEP) $(SNRY) --title "SNR per sampling step, W4A8 AdaRound, DPM-Solver++" \
+	  --subtitle "DPM-Solver++(2M) 20 steps, guidance 3; statistics from 256 FP trajectories" --names "SNR^Q W4A8 (signal / quantization noise),SNR^F (signal / diffusion noise)"
+	$(PTQD) plot $(D)/k-sigma-w4a8-rtn-A.json --out $(FIG)/k-sigma-w4a8-rtn-A $(STEP) $(KSY) $(KSN) --title "PTQD noise statistics per step, W4A8 RTN, setting A" \
+	  --subtitle "DDIM 20 steps, eta 0, guidance 3; 128 FP trajectories"
+	$(PTQD) plot $(D)/k-sigma-w4a8-rtn-B-negk.json --out $(FIG)/k-sigma-w4a8-rtn-B $(STEP) $(KSY) $(KSN) --title "PTQD noise statistics per step, W4A8 RTN, setting B" \
+	  --subtitle "DDIM 100 steps, eta 1, guidance 1.5; 128 FP trajectories"
+	$(PTQD) plot $(D)/k-sigma-w4a8-adaround-dpm20.json --out $(FIG)/k-sigma-w4a8-adaround-dpm20 $(STEP) $(KSY) $(KSN) \
+	  --title "PTQD noise statistics per step, W4A8 AdaRound, DPM-Solver++" --subtitle "DPM-Solver++(2M) 20 steps, guidance 3; 256 FP trajectories"
+	$(PTQD) plot $(D)/fid-vs-n-dpm20-fp32.json $(D)/fid-vs-n-dpm20-w4a8-adaround-baseline.json $(D)/fid-vs-n-dpm20-w4a8-adaround-ptqd.json \
+	  $(D)/fid-vs-n-dpm20-w4a8-adaround-d2.json --out $(FIG)/fid-vs-n-dpm20 --log-x true --title "FID against the number of samples" \
+	  --subtitle "DPM-Solver++(2M) 20 steps, guidance 3; class-balanced prefixes of the same 1,000 samples" \
+	  --x-label "n (generated images, log scale)" --y-label "FID vs Fashion-MNIST test set (lower is better)" \
+	  --names "fp32,W4A8 AdaRound,W4A8 AdaRound + PTQD,W4A8 AdaRound + D2"
+	$(PTQD) plot $(D)/bench-fmnist-session7.json --out $(FIG)/speed-fmnist --title "int8 vs fp32 throughput by batch size, bundled model" \
+	  --names "fp32 (ours),W8A8 RTN (int8 kernels),W4A8 RTN (int8 kernels),W4A8 AdaRound + PTQD (int8 kernels),PyTorch 1.13 fp32"
+	$(PTQD) plot $(D)/bench-cifar-session7.json --out $(FIG)/speed-cifar --title "int8 vs fp32 throughput by batch size, cifar-sized UNet" \
+	  --names "fp32 (ours),W8A8 RTN (int8 kernels),W4A8 RTN (int8 kernels),PyTorch 1.13 fp32"
 
 clean:
 	rm -rf .build out

@@ -17,6 +17,8 @@ let package = Package(
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", providers: [.apt(["libpng-dev"])]),
         .systemLibrary(name: "CLapack", path: "Sources/CLapack", providers: [.apt(["liblapacke-dev"])]),
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", providers: [.apt(["zlib1g-dev"])]),
+        // cairo with its FreeType backend draws the text of plots and grid labels (fonts: fonts-dejavu-core).
+        .systemLibrary(name: "CCairo", path: "Sources/CCairo", pkgConfig: "cairo", providers: [.apt(["libcairo2-dev"])]),
 
         // MARK: - Memory-bound kernels in C, one body compiled per ISA (baseline, AVX2, AVX-512), chosen at run time
         .target(name: "CKernels"),
@@ -25,7 +27,7 @@ let package = Package(
         .target(name: "TensorCore", dependencies: ["CDNNL", "CKernels"]),
         .target(name: "SafeTensors"),
         .target(name: "Diffusion", dependencies: ["TensorCore", "SafeTensors"]),
-        .target(name: "Evaluation", dependencies: ["TensorCore", "SafeTensors", "CPNG", "CLapack", "CZlib"]),
+        .target(name: "Evaluation", dependencies: ["TensorCore", "SafeTensors", "CPNG", "CLapack", "CZlib", "CCairo"]),
         .target(name: "WeightRounding", dependencies: ["TensorCore", "CLapack"]),
         .target(name: "Quantization", dependencies: ["TensorCore", "SafeTensors", "Diffusion", "WeightRounding"]),
         .target(name: "Correction", dependencies: ["TensorCore", "Diffusion"]),

@@ -45,6 +45,8 @@ public struct FeatureNetworkConfig: Codable, Sendable {
     /// Name of the layer whose output are the logits (the last layer).
     public var logitsLayer: String
     public var numClasses: Int
+    /// Class names in label order (e.g. Fashion-MNIST's "T-shirt/top", …), if the config lists them.
+    public var classes: [String]?
     public var testAccuracy: Double?
     public var fidFloorTestVsTrain10k: Double?
 }
@@ -274,5 +276,21 @@ public final class FeatureNetwork {
             start = end
         }
         return FeatureOutput(features: Tensor.concatenate(batch: fs), logits: Tensor.concatenate(batch: ls))
+    }
+}
+
+extension FeatureNetwork {
+    /// Class names from `directory/config.json` without loading the weights; nil if the file is missing or
+    /// lists no names.
+    public static func classNames(directory: String) -> [String]? {
+        guard let data = FileManager.default.contents(atPath: "\(directory)/\(configFile)"),
+              let cfg = try? ReportJSON.decoder().decode(FeatureNetworkConfig.self, from: data) else { return nil }
+        return cfg.classes
+    }
+
+    /// Names for `count` class labels: `names` when it has exactly `count` entries, else "class 0", "class 1", ….
+    public static func rowNames(_ names: [String]?, count: Int) -> [String] {
+        if let names, names.count == count { return names }
+        return (0..<count).map { "class \($0)" }
     }
 }

@@ -109,3 +109,58 @@ public struct ImageGrid {
         return out
     }
 }
+
+// MARK: - Labelled figures
+
+extension ImageGrid {
+    /// One panel of a ``figure(panels:rowNames:title:scale:)``: a heading ("fp32", "W4A8 AdaRound + PTQD") over
+    /// a grid of `images` (`[N, H, W, C]` in [−1, 1], decoded images for a latent pipeline).
+    public struct Panel {
+        public var heading: String
+        public var images: Tensor
+        public init(heading: String, images: Tensor) { self.heading = heading; self.images = images }
+    }
+
+    /// Panels side by side on white, each laid out by this grid (without the label strip) and enlarged
+    /// `scale`× (nearest neighbour), a bold heading above each, the name of every grid row at its left (e.g.
+    /// the class of a class-conditional model's row) and an optional title on top. Text is drawn by cairo
+    /// (``Canvas``). RGB output.
+    /// - Throws: as ``render(_:)``; `.invalidArgument` if `rowNames` does not match the rows or panels differ in size.
+    public func figure(panels: [Panel], rowNames: [String]? = nil, title: String? = nil, scale: Int = 2) throws -> PNGImage {
+        guard !panels.isEmpty, scale >= 1 else { throw EvaluationError.invalidArgument(what: "grid figure", reason: "no panels or scale < 1") }
+        var plain = self
+        plain.rowLabels = nil
+        let grids = try panels.map { try plain.render($0.images) }
+        guard grids.allSatisfy({ $0.width == grids[0].width && $0.height == grids[0].height }) else {
+            throw EvaluationError.invalidArgument(what: "grid figure", reason: "panels differ in size")
+        }
+        let n = panels[0].images.shape[0], h = panels[0].images.shape[1]
+        let rows = (n + columns - 1) / columns
+        if let names = rowNames, names.count != rows {
+            throw EvaluationError.invalidArgument(what: "row names", reason: "\(names.count) names for \(rows) grid rows")
+        }
+        let margin = 10, gap = 16
+        let nameSize = 12.0, headingSize = 13.0, titleSize = 14.0
+        let nameW = rowNames.map { Int((($0.map { TextMetrics.width($0, size: nameSize) }.max() ?? 0) + 10).rounded(.up)) } ?? 0
+        let gw = grids[0].width * scale, gh = grids[0].height * scale
+        let titleH = title == nil ? 0 : 24
+        let headingH = 22
+        let width = margin + nameW + panels.count * gw + (panels.count - 1) * gap + margin
+        let top = margin + titleH + headingH
+        let height = top + gh + margin
+        let c = Canvas(width: width, height: height)
+        if let title { c.text(title, x: Double(width) / 2, y: Double(margin + 14), size: titleSize, bold: true, anchor: .middle) }
+        for (i, g) in grids.enumerated() {
+            let x = margin + nameW + i * (gw + gap)
+            c.text(panels[i].heading, x: Double(x) + Double(gw) / 2, y: Double(top - 7), size: headingSize, bold: true, anchor: .middle)
+            c.draw(g, x: x, y: top, scale: scale)
+        }
+        if let names = rowNames {
+            for (r, name) in names.enumerated() {
+                let yMid = Double(top) + Double((border + r * (h + border)) * scale) + Double(h * scale) / 2
+                c.text(name, x: Double(margin + nameW - 8), y: yMid + 4, size: nameSize, anchor: .end)
+            }
+        }
+        return c.image()
+    }
+}

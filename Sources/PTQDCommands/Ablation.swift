@@ -5,6 +5,7 @@ import Correction
 import Diffusion
 import Evaluation
 import Foundation
+import Pipeline
 import Quantization
 
 struct Ablation: ParsableCommand {
@@ -13,7 +14,9 @@ struct Ablation: ParsableCommand {
         discussion: """
         Rows: fp32; <scheme> baseline; +CNC; +CNC+BC; +CNC+BC+VSC (= PTQD); D2 (joint-Gaussian correction + VSC). \
         Each row is one `ptqd evaluate` command, printed beside the table so it can be re-run alone. Writes \
-        OUT/ablation.md, OUT/ablation.json, OUT/snr.png (SNR^Q and SNR^F per step, log scale) and OUT/k-sigma.png.
+        OUT/ablation.md, OUT/ablation.json, OUT/ablation.html (one self-contained page: tables, grid, plots, \
+        per-step table, commands), OUT/snr.{png,svg,json} (SNR^Q and SNR^F per step, log scale) and \
+        OUT/k-sigma.{png,svg,json} (k_t and σ_q per step).
         """)
 
     @OptionGroup var model: ModelOptions
@@ -52,7 +55,7 @@ struct Ablation: ParsableCommand {
         let samplerArgs = sampler.arguments(default: .B)
         // The file name says the setting and, when overridden, the sampler actually calibrated for.
         let tag = setting.rawValue + (sampler.overridden ? "-\(settings.kind.rawValue)\(settings.steps)-eta\(settings.eta)-g\(settings.guidance)" : "")
-        let variantTag = "\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "")\(quantizeAttention ? "-qattn" : "")"
+        let variantTag = variantName(tag: tag)
         let file = base.appendingPathComponent("\(variantTag).safetensors").path
         var quantizeArgs = modelArgs + (isMixed ? ["--scheme", String(scheme.split(separator: ":")[1]), "--mixed", scheme] : ["--scheme", scheme])
         quantizeArgs += ["--weights", weights.rawValue] + samplerArgs + ["--calib", "\(calib)",
@@ -62,7 +65,7 @@ struct Ablation: ParsableCommand {
         if !(reuse && FileManager.default.fileExists(atPath: file)) {
             note("ablation: ptqd quantize \(quantizeArgs.joined(separator: " "))")
             let q = try Quantize.parse(quantizeArgs)
-            try q.run()
+            try Invocation.with(["quantize"] + quantizeArgs) { try q.run() }
         }
         let evalBase = modelArgs + samplerArgs + ["--n", "\(n)", "--seed", "\(seed)",
                                     "--fp-cache", base.appendingPathComponent("fp32-samples-\(tag)-n\(n).safetensors").path,
@@ -78,12 +81,12 @@ struct Ablation: ParsableCommand {
         var fpReport: EvaluationReport? = nil
         var commands: [String] = []
         for i in rows.indices {
-            let dir = base.appendingPathComponent("row\(i)-\(variantTag)").path
+            let dir = base.appendingPathComponent(rowDirectory(i, tag: tag)).path
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
             note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
             let e = try Evaluate.parse(args)
-            try e.run()
+            try Invocation.with(["evaluate"] + args) { try e.run() }
             rows[i].report = try EvaluationReport.read(path: dir + "/report.json")
             if fpReport == nil {
                 fpReport = try EvaluationReport.read(path: dir + "/report-fp32.json")
@@ -94,52 +97,87 @@ struct Ablation: ParsableCommand {
         let doc = try qm.info.attachments[CorrectionDocument.attachmentName].map { try CorrectionDocument(json: $0) }
         var md = "### Ablation: \(label) (\(weights.rawValue)), setting \(setting.rawValue)\(sampler.overridden ? " (overridden)" : "") (\(settings.summary)), n = \(n), seed \(seed)\n\n"
         md += "Quantized with: `ptqd quantize \(quantizeArgs.joined(separator: " "))`\n\n"
-        md += "| Row | FID ↓ | IS ↑ | Precision | Recall | PSNR vs FP (mean / p5) | SSIM vs FP (mean / p5) | GBOPs/forward | File MB | images/s |\n|---|---|---|---|---|---|---|---|---|---|\n"
-        func line(_ name: String, _ r: EvaluationReport) -> String {
+        let header = ["Row", "FID ↓", "IS ↑", "Precision", "Recall", "PSNR vs FP (mean / p5)", "SSIM vs FP (mean / p5)", "GBOPs/forward", "File MB", "images/s"]
+        func cells(_ name: String, _ r: EvaluationReport) -> [String] {
             let m = r.metrics, c = r.cost
             let psnr = m.psnr.map { String(format: "%.2f / %.2f", $0.mean, $0.p5) } ?? "–"
             let ssim = m.ssim.map { String(format: "%.4f / %.4f", $0.mean, $0.p5) } ?? "–"
-            return String(format: "| %@ | %.3f | %.3f | %.3f | %.3f | %@ | %@ | %.2f | %.2f | %.2f |\n", name, m.fid ?? .nan,
-                          m.inceptionScoreMean ?? .nan, m.precision ?? .nan, m.recall ?? .nan, psnr, ssim,
-                          (c.bopsPerForward ?? .nan) / 1e9, Double(c.modelFileBytes ?? 0) / 1e6, c.imagesPerSecond ?? .nan)
+            return [name] + [m.fid, m.inceptionScoreMean, m.precision, m.recall].map { String(format: "%.3f", $0 ?? .nan) } + [psnr, ssim]
+                + [String(format: "%.2f", (c.bopsPerForward ?? .nan) / 1e9), String(format: "%.2f", Double(c.modelFileBytes ?? 0) / 1e6),
+                   String(format: "%.2f", c.imagesPerSecond ?? .nan)]
         }
-        if let fp = fpReport { md += line("fp32", fp) }
-        for r in rows { if let rep = r.report { md += line(r.name, rep) } }
+        var table: [[String]] = []
+        if let fp = fpReport { table.append(cells("fp32", fp)) }
+        for r in rows { if let rep = r.report { table.append(cells(r.name, rep)) } }
+        md += "| " + header.joined(separator: " | ") + " |\n|" + String(repeating: "---|", count: header.count) + "\n"
+        for r in table { md += "| " + r.joined(separator: " | ") + " |\n" }
         md += "\nCommands (each row alone):\n\n```\n" + commands.joined(separator: "\n") + "\n```\n"
+        var vscNote: String? = nil
         if let sch = try? Sampler.makeScheduler(settings, config: try model.load().scheduler), !sch.varianceCalibrationApplies {
-            md += settings.kind == .dpmSolverPlusPlus
-                ? "\nDPM-Solver++ is a deterministic ODE solver (no injected noise), so VSC does not apply: the +VSC row equals +CNC+BC.\n"
-                : "\nAt eta 0 DDIM injects no noise, so VSC is inactive: the +VSC row equals +CNC+BC.\n"
+            vscNote = settings.kind == .dpmSolverPlusPlus
+                ? "DPM-Solver++ is a deterministic ODE solver (no injected noise), so VSC does not apply: the +VSC row equals +CNC+BC."
+                : "At eta 0 DDIM injects no noise, so VSC is inactive: the +VSC row equals +CNC+BC."
+            md += "\n" + vscNote! + "\n"
         }
-        if let t = doc?.activeTable {
+        let names = qm.info.variants.map(\.name)
+        let subtitle = "\(label) \(weights.rawValue), setting \(setting.rawValue): \(settings.summary)"
+        var figures: [LinePlot] = []
+        if let doc {
+            let t = doc.activeTable
             md += "\nk_t (sampling order): " + t.k.map { String(format: "%.4f", $0) }.joined(separator: " ")
             md += "\n\nk_t before clamping: " + t.kRaw.map { String(format: "%.4f", $0) }.joined(separator: " ")
             md += "\n\nσ_q(t): " + t.sigmaQ.map { String(format: "%.4f", $0) }.joined(separator: " ") + "\n"
-            try plots(doc: doc!, names: qm.info.variants.map(\.name), base: base)
+            figures = [CorrectionFigures.snr(doc, variantNames: names, subtitle: subtitle), CorrectionFigures.kSigma(doc, subtitle: subtitle)]
+            try figures[0].write(to: base.appendingPathComponent("snr.png").path)
+            try figures[1].write(to: base.appendingPathComponent("k-sigma.png").path)
         }
-        let stem = keepNegativeK ? "ablation-negk" : "ablation"
-        try md.write(toFile: base.appendingPathComponent("\(stem).md").path, atomically: true, encoding: .utf8)
+        let stem = "ablation" + (keepNegativeK ? "-negk" : "") + (quantizeAttention ? "-qattn" : "")
+        try AtomicFile.write(md, to: base.appendingPathComponent("\(stem).md").path)
         let all = (fpReport.map { [$0] } ?? []) + rows.compactMap(\.report)
         let json = "[\n" + (try all.map { String(decoding: try $0.jsonBytes(), as: UTF8.self) }).joined(separator: ",\n") + "\n]\n"
         try AtomicFile.write(Array(json.utf8), to: base.appendingPathComponent("\(stem).json").path)
+        // The HTML page: the same tables, the FP vs PTQD grid of the PTQD row, the plots inline, the per-step table.
+        var page = HTMLReport(title: "ptqd ablation: \(label) \(weights.rawValue), setting \(setting.rawValue)", generator: "ptqd \(ptqdVersion)")
+        page.heading("Reproduce")
+        page.code(Invocation.command)
+        page.paragraph("Run from \(FileManager.default.currentDirectoryPath).")
+        page.heading("Settings")
+        page.keyValues([("scheme", label), ("weight rounding", weights.rawValue), ("setting", setting.rawValue + (sampler.overridden ? " (overridden)" : "")),
+                        ("sampler", settings.summary), ("n per row (images, equal per class)", "\(n)"), ("seed", "\(seed)"),
+                        ("calibration trajectories", "\(calib)"), ("statistics trajectories", "\(statsTrajectories)"),
+                        ("k_t clamp at 0", keepNegativeK ? "off (--keep-negative-k)" : "on (as PTQD)"), ("quantized file", file),
+                        ("threads", "\(runtime.threads)")])
+        page.paragraph("Quantized with:")
+        page.code(shellCommand(["ptqd", "quantize"] + quantizeArgs))
+        page.heading("Ablation")
+        page.table(header: header, rows: table)
+        if let n = vscNote { page.paragraph(n) }
+        page.paragraph("Each row alone:")
+        page.code(commands.joined(separator: "\n"))
+        let ptqdRow = rows.count > 3 ? 3 : rows.count - 1
+        if let grid = FileManager.default.contents(atPath: base.appendingPathComponent(rowDirectory(ptqdRow, tag: tag)).appendingPathComponent("grid.png").path) {
+            page.heading("Samples")
+            page.image(png: [UInt8](grid), alt: "fp32 and \(rows[ptqdRow].name) samples, one row per class",
+                       caption: "fp32 (left) and \(rows[ptqdRow].name) (right) from the same noise and labels, one row per class.")
+        }
+        if let doc {
+            page.heading("PTQD statistics per step")
+            page.paragraph("From \(doc.statistics.trajectories) FP trajectories; the quantized network is run on the FP model's x_t at every step.")
+            try page.plot(figures[0], id: "snr")
+            try page.plot(figures[1], id: "ksigma")
+            let st = CorrectionFigures.stepTable(doc, variantNames: names)
+            page.table(header: st.header, rows: st.rows, caption: "k_t, σ_q and SNR per sampling step (step 0 = first, most noisy)")
+        }
+        try page.write(to: base.appendingPathComponent("\(stem).html").path)
         print(md)
-        print("wrote \(base.path)/{\(stem).md, \(stem).json, snr.png, k-sigma.png}")
+        print("wrote \(base.path)/{\(stem).md, \(stem).json, \(stem).html\(doc != nil ? ", snr.{png,svg,json}, k-sigma.{png,svg,json}" : "")}")
     }
 
-    /// SNR^Q per variant vs SNR^F (log scale), and k_t / σ_q per step.
-    func plots(doc: CorrectionDocument, names: [String], base: URL) throws {
-        let steps = doc.activeTable.steps
-        let x = (0..<steps).map(Double.init)
-        var series: [LinePlot.Series] = doc.tables.enumerated().map { v, t in
-            LinePlot.Series(name: "SNR^Q \(names[v])", x: x, y: t.snrQ.map { Double($0) })
-        }
-        if let f = doc.activeTable.snrF { series.append(.init(name: "SNR^F", x: x, y: f.map { Double($0) })) }
-        _ = try LinePlot(title: "SNR per step (sampling order)", xLabel: "step", yLabel: "SNR", logY: true, series: series)
-            .write(to: base.appendingPathComponent("snr.png").path)
-        let t = doc.activeTable
-        _ = try LinePlot(title: "PTQD statistics per step", xLabel: "step", yLabel: "value",
-                         series: [.init(name: "k_t (raw)", x: x, y: t.kRaw.map { Double($0) }),
-                                  .init(name: "sigma_q", x: x, y: t.sigmaQ.map { Double($0) })])
-            .write(to: base.appendingPathComponent("k-sigma.png").path)
+    /// The folder of ablation row `i` inside --out.
+    /// `<scheme>-<weights>-<setting tag>[-negk][-qattn]`: the quantized file's stem.
+    func variantName(tag: String) -> String {
+        "\(scheme.replacingOccurrences(of: ":", with: "-"))-\(weights.rawValue)-\(tag)\(keepNegativeK ? "-negk" : "")\(quantizeAttention ? "-qattn" : "")"
     }
+
+    func rowDirectory(_ i: Int, tag: String) -> String { "row\(i)-\(variantName(tag: tag))" }
 }

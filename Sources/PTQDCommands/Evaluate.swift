@@ -16,7 +16,7 @@ struct Evaluate: ParsableCommand {
         discussion: """
         Setting A = DDIM 20 steps, eta 0, guidance 3.0; B = DDIM 100 steps, eta 1, guidance 1.5. --steps/--eta/--guidance
         override them. Seeds and labels depend only on --seed and --n, so two models evaluated with the same flags see
-        identical noise and labels. Writes report.json, report.md, grid.png (one row per class) and fid-vs-n.png to --out.
+        identical noise and labels. Writes report.json, report.md, report.html (one self-contained page), grid.png (FP | quantized, one named row per class) and fid-vs-n.{png,svg,json} to --out.
         Samples are checkpointed in --out as they are made: an interrupted run, or one stopped by --time-budget
         (exit code 75), continues where it stopped when the same command is run again, and a finished run's samples
         are reused.
@@ -88,16 +88,73 @@ struct Evaluate: ParsableCommand {
         }
         try main.writeJSON(to: base.appendingPathComponent("report.json").path)
         try main.writeMarkdown(to: base.appendingPathComponent("report.md").path)
-        // Grid: one row per class, up to 10 images each; FP | quantized side by side.
+        // Grid: one row per class (named), up to 10 images each; FP | quantized side by side under headings.
         let perClass = n / classes
         let show = min(perClass, 10)
         let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
-        let grid = ImageGrid(columns: show, rowLabels: Array(0..<classes), labelClasses: classes)
-        var image = try grid.render(fpSamples.images.gather(batch: idx))
-        if let qs = qSamples { image = ImageGrid.sideBySide(image, try grid.render(qs.images.gather(batch: idx))) }
-        try PNGCodec.write(image, to: base.appendingPathComponent("grid.png").path)
+        var panels = [ImageGrid.Panel(heading: fp.displayName, images: fpSamples.images.gather(batch: idx))]
+        if let q, let qs = qSamples { panels.append(.init(heading: q.displayName, images: qs.images.gather(batch: idx))) }
+        let rowNames = FeatureNetwork.rowNames(network.config.classes, count: classes)
+        let gridImage = try ImageGrid(columns: show).figure(panels: panels, rowNames: rowNames)
+        let gridPNG = try PNGCodec.encode(gridImage, nameForErrors: base.appendingPathComponent("grid.png").path)
+        try AtomicFile.write(gridPNG, to: base.appendingPathComponent("grid.png").path)
+        // FID against n, both models in one plot.
+        var fidPlot: LinePlot? = nil
+        if let rows = fpReport.metricsByN, rows.count >= 2 {
+            var series = [LinePlot.Series(name: fp.displayName, x: rows.map { Double($0.count) }, y: rows.map(\.fid))]
+            if let q, let qr = main.metricsByN, qSamples != nil {
+                series.append(.init(name: q.displayName, x: qr.map { Double($0.count) }, y: qr.map(\.fid)))
+            }
+            let plot = LinePlot(title: "FID against the number of samples", subtitle: "setting \(main.setting.name): \(settings.summary); class-balanced prefixes of the same samples",
+                                xLabel: "n (generated images, log scale)", yLabel: "FID vs Fashion-MNIST test set (lower is better)",
+                                logX: true, series: series)
+            try plot.write(to: base.appendingPathComponent("fid-vs-n.png").path)
+            fidPlot = plot
+        }
+        try writeHTML(to: base.appendingPathComponent("report.html").path, fp: fp, q: q, fpReport: fpReport, main: main,
+                      settings: settings, gridPNG: gridPNG, fidPlot: fidPlot)
         print(main.markdown())
-        print("wrote \(base.path)/{report.json, report.md, grid.png\(q != nil ? ", report-fp32.json" : "")\(perClass >= 4 ? ", fid-vs-n.png" : "")}")
+        print("wrote \(base.path)/{report.json, report.md, report.html, grid.png\(q != nil ? ", report-fp32.json" : "")\(fidPlot != nil ? ", fid-vs-n.{png,svg,json}" : "")}")
+    }
+
+    /// report.html: settings, metrics, the grid, FID against n, the per-step correction table, the command.
+    func writeHTML(to path: String, fp: PipelineModel, q: PipelineModel?, fpReport: EvaluationReport, main: EvaluationReport,
+                   settings: SamplerSettings, gridPNG: [UInt8], fidPlot: LinePlot?) throws {
+        let name = q?.displayName ?? fp.displayName
+        var page = HTMLReport(title: "ptqd evaluate: \(name), setting \(main.setting.name)", generator: "ptqd \(ptqdVersion)")
+        page.heading("Reproduce")
+        page.code(Invocation.command)
+        page.paragraph("Run from \(FileManager.default.currentDirectoryPath).")
+        page.heading("Settings")
+        var pairs: [(String, String)] = [("model", fp.path)]
+        if let q { pairs.append(("quantized file", q.path)); pairs.append(("quantized model", q.displayName)) }
+        pairs += [("setting", main.setting.name), ("sampler", settings.summary), ("n (images, equal per class)", "\(n)"), ("seed", "\(seed)"),
+                  ("threads", "\(runtime.threads)")]
+        if let r = main.reference { pairs.append(("reference", r)) }
+        if let f = main.featureNetwork { pairs.append(("feature network", f)) }
+        page.keyValues(pairs)
+        page.heading("Metrics")
+        var cols = [(name: fp.displayName, report: fpReport)]
+        if let q { cols.append((q.displayName, main)) }
+        let t = EvaluationReport.metricsTable(cols)
+        page.table(header: t.header, rows: t.rows)
+        for (label, r) in cols { if let byN = r.metricsByNTable { page.table(header: byN.header, rows: byN.rows, caption: "\(label): metrics on class-balanced prefixes") } }
+        page.heading("Samples")
+        page.image(png: gridPNG, alt: "generated samples, one row per class",
+                   caption: q == nil ? "fp32 samples, one row per class." : "fp32 (left) and \(q!.displayName) (right) from the same noise and labels, one row per class.")
+        if let p = fidPlot { page.heading("FID against n"); try page.plot(p, id: "fid") }
+        if let q, let doc = q.correction {
+            let names = q.quantized?.info.variants.map(\.name) ?? []
+            page.heading("PTQD statistics per step")
+            page.paragraph("Measured on \(doc.statistics.trajectories) FP trajectories at \(doc.settings.summary). Correction applied here: \(q.correctionSettings.correctsPrediction || q.correctionSettings.calibratesVariance ? q.correctionSettings.method.rawValue + " with " + q.correctionSettings.components.description : "none").")
+            try page.plot(CorrectionFigures.snr(doc, variantNames: names), id: "snr")
+            try page.plot(CorrectionFigures.kSigma(doc), id: "ksigma")
+            let st = CorrectionFigures.stepTable(doc, variantNames: names)
+            page.table(header: st.header, rows: st.rows, caption: "k_t, σ_q and SNR per sampling step (step 0 = first, most noisy)")
+        }
+        page.heading("Notes")
+        page.list(main.notes)
+        try page.write(to: path)
     }
 
     /// Distribution metrics (by n, with the FID-vs-n plot), paired metrics and cost for one model's samples.
@@ -150,12 +207,6 @@ struct Evaluate: ParsableCommand {
         if paired != nil {
             report.notes.append("PSNR/SSIM: each image against the fp32 sample from the same noise and label, clamped to [-1, 1] and mapped to [0, 1] once.")
             report.notes.append("Peak RSS is this process's high-water mark while the model sampled, reset after freeing cached buffers; both models' weights and the reference data stay loaded and count.")
-        }
-        if byN.count >= 2 {
-            let plot = LinePlot(title: "FID vs n (\(r.label))", xLabel: "n", yLabel: "FID",
-                                series: [.init(name: "FID", x: byN.map { Double($0.count) }, y: byN.map(\.fid))])
-            let name = paired == nil && quant.quantized != nil ? "fid-vs-n-fp32.png" : "fid-vs-n.png"
-            _ = try plot.write(to: URL(fileURLWithPath: out).appendingPathComponent(name).path)
         }
         return report
     }

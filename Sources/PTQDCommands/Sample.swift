@@ -95,8 +95,15 @@ struct Sample: ParsableCommand {
             if let l = plan.labels { try writer.add("labels", int32s: l.map { Int32($0) }, shape: [n]) }
             try writer.write(to: path)
         }
-        let grid = ImageGrid(columns: plan.columns, rowLabels: plan.rowLabels(n: n), labelClasses: max(plan.realClasses, 1))
-        try PNGCodec.write(try grid.render(samples), to: out)
+        // The grid under a heading naming the model, each row named by its class when rows are classes.
+        let rowNames = plan.rowLabels(n: n).map { labels -> [String] in
+            let names = model.modelFolderName.hasPrefix("fmnist-")
+                ? (try? BundledModels.path("fmnist-features")).flatMap { FeatureNetwork.classNames(directory: $0) } : nil
+            let all = FeatureNetwork.rowNames(names, count: max(plan.realClasses, 1))
+            return labels.map { $0 < all.count ? all[$0] : "class \($0)" }
+        }
+        let grid = ImageGrid(columns: plan.columns)
+        try PNGCodec.write(try grid.figure(panels: [.init(heading: model.displayName, images: samples)], rowNames: rowNames, scale: 1), to: out)
         let secs = progress.elapsed
         let guidance = space.isConditional ? settings.guidance : 1
         print(String(format: "wrote %@: %d images, %@ %d steps eta %g guidance %g, %.1f s (%.2f images/s)",

@@ -133,6 +133,7 @@ final class CLITests: CLITestCase {
         XCTAssertEqual(stopped.code, 75, stopped.err)
         XCTAssertTrue(stopped.err.contains("10/20") && stopped.err.contains("run the same command again"), stopped.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + "/report.json"), "a stopped run must not write a report")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + "/report.html"), "a stopped run must not write a report")
         let partial = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors")
         XCTAssertEqual(try partial.info("samples").shape, [10, 1, 32, 32])
 
@@ -141,6 +142,14 @@ final class CLITests: CLITestCase {
         XCTAssertTrue(finished.err.contains("resuming fp32 at image 10/20"), finished.err)
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: resumed + "/report.json"))) as? [String: Any]
         XCTAssertEqual((report?["metrics_by_n"] as? [[String: Any]])?.last?["count"] as? Int, 20, "report.json lacks metrics by n")
+        // The HTML page beside report.md: self-contained, with the command that reproduces it.
+        let html = try String(contentsOfFile: resumed + "/report.html", encoding: .utf8)
+        XCTAssertTrue(html.contains("ptqd evaluate --n 20 --batch 10 --steps 2"), "report.html lacks the command")
+        for part in ["<h2>Settings</h2>", "<h2>Metrics</h2>", "<h2>Samples</h2>", "data:image/png;base64,"] { XCTAssertTrue(html.contains(part), "report.html lacks \(part)") }
+        XCTAssertFalse(html.contains("<script"))
+        XCTAssertTrue(FileManager.default.fileExists(atPath: resumed + "/grid.png"))
+        // 2 images per class give one point of FID against n: no plot (it needs two).
+        XCTAssertFalse(FileManager.default.fileExists(atPath: resumed + "/fid-vs-n.svg"))
         let reference = try evaluate(straight, ["--quiet"])
         XCTAssertEqual(reference.code, 0, reference.err)
         let a = try SafeTensorsFile(path: resumed + "/fp32-samples.safetensors").floats("samples")

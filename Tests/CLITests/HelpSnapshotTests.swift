@@ -11,6 +11,7 @@ final class HelpSnapshotTests: XCTestCase {
     static let commands: [(String, ParsableCommand.Type)] = [
         ("ptqd", PTQDMain.self), ("quantize", Quantize.self), ("sample", Sample.self), ("evaluate", Evaluate.self),
         ("ablation", Ablation.self), ("inspect", Inspect.self), ("bench", Bench.self),
+        ("plot", Plot.self),
     ]
     var dir: URL { URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent("HelpSnapshots") }
 

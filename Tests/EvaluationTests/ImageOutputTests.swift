@@ -96,7 +96,7 @@ final class ImageOutputTests: XCTestCase {
         let sidecar = try plot.write(to: dir + "/fid.png")
         XCTAssertEqual(sidecar, dir + "/fid.json")
         let img = try PNGCodec.read(path: dir + "/fid.png")
-        XCTAssertEqual(img.width, 640)
+        XCTAssertEqual(img.width, 720)
         XCTAssertEqual(img.channels, 3)
         // Both series colors appear.
         func has(_ c: (UInt8, UInt8, UInt8)) -> Bool {
@@ -108,7 +108,7 @@ final class ImageOutputTests: XCTestCase {
         XCTAssertEqual(json["title"] as? String, "FID vs n")
         XCTAssertEqual((json["series"] as? [[String: Any]])?.count, 2)
         let axes = json["axes"] as! [String: Any]
-        XCTAssertEqual(axes["y_ticks"] as? [Double], [1, 10, 100, 1000])
+        XCTAssertEqual(axes["y_ticks"] as? [Double], [10, 20, 50, 100, 200])   // under three decades: 1-2-5 ticks
         // Linear axes get 1/2/5 ticks.
         XCTAssertEqual(LinePlot.niceTicks(0, 10), [0, 2, 4, 6, 8, 10])
         XCTAssertThrowsError(try LinePlot(title: "empty", xLabel: "", yLabel: "").render())
