@@ -63,7 +63,8 @@ struct Bench: ParsableCommand {
                          b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
             ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
                          "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff,
-                         "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull()])
+                         "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
+                         "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
                                      "onednn": DNNL.version, "isa": DNNL.isaName, "kernel_isa": KernelISA.active.description,
@@ -103,7 +104,8 @@ struct Bench: ParsableCommand {
                     let ms = parts.reduce(0.0) { $0 + $1.1 * $1.0.msPerForward }
                     let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
                     let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv,
-                                   residentBytes: parts.compactMap(\.0.residentBytes).max(), peakAboveBytes: parts.compactMap(\.0.peakAboveBytes).max())
+                                   residentBytes: parts.compactMap(\.0.residentBytes).max(), peakAboveBytes: parts.compactMap(\.0.peakAboveBytes).max(),
+                                   activationPeakBytes: parts.compactMap(\.0.activationPeakBytes).max())
                     let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                     let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
                     print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@%@",
@@ -117,7 +119,8 @@ struct Bench: ParsableCommand {
                                   "speedup_vs_bf16": bf16ByBatch[b].map { q.imagesPerSecond / $0 } ?? NSNull(),
                                   "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp,
                                   "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff,
-                                  "rss_after_warmup_bytes": q.residentBytes ?? NSNull(), "peak_above_rss_bytes": q.peakAboveBytes ?? NSNull()])
+                                  "rss_after_warmup_bytes": q.residentBytes ?? NSNull(), "peak_above_rss_bytes": q.peakAboveBytes ?? NSNull(),
+                                  "activation_peak_bytes": q.activationPeakBytes ?? NSNull()])
                 }
             }
             report["quantized"] = qrows
@@ -164,9 +167,12 @@ struct Bench: ParsableCommand {
         let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double
         /// RSS after warm-up (weights, reordered weights, cached primitives) and the peak of one forward above it.
         var residentBytes: Int? = nil, peakAboveBytes: Int? = nil
+        /// Most bytes of tensors alive at once during one forward (activations; exact).
+        var activationPeakBytes: Int? = nil
         var memoryNote: String {
-            guard let r = residentBytes, let p = peakAboveBytes else { return "" }
-            return String(format: "; memory %.2f GiB resident, one forward peaks +%.2f GiB", Double(r) / 1073741824, Double(p) / 1073741824)
+            guard let r = residentBytes else { return "" }
+            return String(format: "; memory: %.2f GiB resident after warm-up, one forward's tensors peak at %.2f GiB, RSS +%.2f GiB",
+                          Double(r) / 1073741824, Double(activationPeakBytes ?? 0) / 1073741824, Double(peakAboveBytes ?? 0) / 1073741824)
         }
     }
 
@@ -198,7 +204,10 @@ struct Bench: ParsableCommand {
             cond = unet.exampleConditioning(rows: b)
         }
         for _ in 0..<2 { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
+        TensorStorage.resetPeakLive()
+        let liveBefore = TensorStorage.liveBytes.now
         let memory = try ProcessMemory.peakAbove { try unet.forward(x, timesteps: t, conditioning: cond) }
+        let activationPeak = TensorStorage.liveBytes.peak - liveBefore
         var times: [Double] = []
         let start = Date()
         while times.count < 3 || Date().timeIntervalSince(start) < seconds {
@@ -219,7 +228,7 @@ struct Bench: ParsableCommand {
         let convSeconds = timed.reduce(0) { $0 + $1.seconds } / Double(reps)
         return Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
                       convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9,
-                      residentBytes: memory.resident, peakAboveBytes: memory.peakAbove)
+                      residentBytes: memory.resident, peakAboveBytes: memory.peakAbove, activationPeakBytes: activationPeak)
     }
 
     /// Runs tools/bench_torch.py as the PyTorch peer; nil (with a note) if it cannot run.

@@ -136,16 +136,35 @@ public enum TensorStorage {
     nonisolated(unsafe) private static var allocations: [Int: Int] = [:]
     private static let lock = NSLock()
 
+    /// Bytes of tensors alive now, and the most alive at once since `resetPeakLive()` (the activation memory of
+    /// a forward, exact: weights live in arrays and oneDNN buffers, not tensors; the reuse cache is not counted).
+    nonisolated(unsafe) private static var live = 0, peakLive = 0
+
     /// Bytes currently held for reuse.
     public static var cachedByteCount: Int {
         lock.lock(); defer { lock.unlock() }
         return cachedBytes
     }
 
+    /// (bytes of live tensors, their peak since `resetPeakLive()`).
+    public static var liveBytes: (now: Int, peak: Int) {
+        lock.lock(); defer { lock.unlock() }
+        return (live, peakLive)
+    }
+
+    /// Starts a new peak measurement at the current live bytes.
+    public static func resetPeakLive() {
+        lock.lock(); peakLive = live; lock.unlock()
+    }
+
     /// 64-byte aligned storage of `byteCount` bytes (contents unspecified).
     static func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
+        if byteCount < minimumBytes {
+            lock.lock(); live += byteCount; peakLive = max(peakLive, live); lock.unlock()
+        }
         if byteCount >= minimumBytes {
             lock.lock()
+            live += byteCount; peakLive = max(peakLive, live)
             if allocations[byteCount] == nil && allocations.count >= maximumTrackedSizes {
                 allocations.removeAll(keepingCapacity: true)
             }
@@ -162,8 +181,10 @@ public enum TensorStorage {
 
     /// Returns storage obtained from `allocate(byteCount:)`.
     static func release(_ p: UnsafeMutableRawPointer, byteCount: Int) {
+        if byteCount < minimumBytes { lock.lock(); live -= byteCount; lock.unlock() }
         if byteCount >= minimumBytes {
             lock.lock()
+            live -= byteCount
             if allocations[byteCount, default: 0] >= 2 && cachedBytes + byteCount <= limitBytes {
                 free[byteCount, default: []].append(p)
                 cachedBytes += byteCount
