@@ -201,3 +201,22 @@ final class KernelTests: XCTestCase {
 }
 
 import Foundation
+
+/// Live-tensor accounting (the activation peak `ptqd bench` reports): counts every tensor, small or large,
+/// cached or not, and the peak resets to the current level.
+final class TensorStorageAccountingTests: XCTestCase {
+    func testLiveBytesAndPeak() {
+        let before = TensorStorage.liveBytes.now
+        TensorStorage.resetPeakLive()
+        do {
+            let big = Tensor(shape: [1 << 18])        // 1 MiB: the reuse-cache path
+            let small = Tensor(shape: [100])          // 400 B: straight malloc
+            XCTAssertEqual(TensorStorage.liveBytes.now - before, big.count * 4 + small.count * 4)
+            do { let extra = Tensor(shape: [1 << 16]); XCTAssertEqual(extra.count, 1 << 16) }
+            XCTAssertEqual(TensorStorage.liveBytes.peak - before, (1 << 20) + 400 + (1 << 18), "the peak saw all three at once")
+        }
+        XCTAssertEqual(TensorStorage.liveBytes.now, before, "freed tensors (cached or not) are no longer live")
+        TensorStorage.resetPeakLive()
+        XCTAssertEqual(TensorStorage.liveBytes.peak, before)
+    }
+}
