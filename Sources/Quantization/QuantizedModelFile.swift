@@ -234,21 +234,28 @@ public final class QuantizedModel {
         guard force || d.sourceWeightsDigest == decoderWeightsDigest else {
             throw QuantizationError.file(path: path, reason: "its quantized decoder was made from other decoder weights (\(d.sourceWeightsDigest), given \(decoderWeightsDigest)); pass the source pipeline with --model, or --force")
         }
-        var fitted = Dictionary(uniqueKeysWithValues: decoderLayers.map { ($0.name, $0) })
-        for layer in decoder.layers {
+        try install(decoderLayers, d.attentions ?? [], into: decoder.layers, sites: decoder.attentions, owner: "the decoder", mode: mode)
+    }
+
+    /// Installs layer records and attention quantizers into a network's layers by name, each record validated against
+    /// its layer; a record or attention the network does not have is an error naming it.
+    func install(_ records: [QuantizedLayer], _ attentions: [QuantizedAttention], into layers: [WeightLayer],
+                 sites: [AttentionAccounting], owner: String, mode: ExecutionMode) throws {
+        var fitted = Dictionary(uniqueKeysWithValues: records.map { ($0.name, $0) })
+        for layer in layers {
             guard let record = fitted.removeValue(forKey: layer.name) else { continue }
             do { try record.validate(against: layer) } catch let QuantizationError.file(_, reason) {
-                throw QuantizationError.file(path: path, reason: "decoder layer \(record.name): \(reason)")
+                throw QuantizationError.file(path: path, reason: "layer \(record.name): \(reason)")
             }
             layer.kernel = record.makeKernel(for: layer, mode: mode)
         }
         if let unknown = fitted.keys.sorted().first {
-            throw QuantizationError.file(path: path, reason: "quantized decoder layer \(unknown) does not exist in the decoder")
+            throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in \(owner)")
         }
-        var sites = Dictionary(uniqueKeysWithValues: decoder.attentions.map { ($0.site.name, $0.site) })
-        for a in d.attentions ?? [] {
-            guard let site = sites.removeValue(forKey: a.name) else {
-                throw QuantizationError.file(path: path, reason: "quantized decoder attention \(a.name) does not exist in the decoder")
+        var bySite = Dictionary(uniqueKeysWithValues: sites.map { ($0.site.name, $0.site) })
+        for a in attentions {
+            guard let site = bySite.removeValue(forKey: a.name) else {
+                throw QuantizationError.file(path: path, reason: "quantized attention \(a.name) does not exist in \(owner)")
             }
             site.quantization = a.quantization
         }
@@ -318,31 +325,13 @@ public final class QuantizedModel {
         guard variants.indices.contains(v) else { throw QuantizationError.file(path: path, reason: "has no variant \(v)") }
         var overrides: [String: [Float]] = [:]
         var consumed = Set(file.names.filter { $0.hasPrefix(QuantizedTensorName.prefix) })
-        var fitted: [String: QuantizedLayer] = [:]
         for l in variants[v] {
-            fitted[l.name] = l
             consumed.formUnion(LegacyAttentionNames.weightKeys(l.name))
             overrides["\(l.name).weight"] = l.dequantizedWeights()   // fp32 view for the network's bookkeeping
         }
         let network = try DenoiserArchitectures.load(configJSON: Data(info.networkConfig.utf8), configFile: "\(path) [network config]",
                                                      weights: file, overrides: overrides, consumedElsewhere: consumed)
-        for layer in network.layers {
-            guard let record = fitted.removeValue(forKey: layer.name) else { continue }
-            do { try record.validate(against: layer) } catch let QuantizationError.file(_, reason) {
-                throw QuantizationError.file(path: path, reason: "layer \(record.name): \(reason)")
-            }
-            layer.kernel = record.makeKernel(for: layer, mode: mode)
-        }
-        if let unknown = fitted.keys.sorted().first {
-            throw QuantizationError.file(path: path, reason: "quantized layer \(unknown) does not exist in the model config")
-        }
-        var sites = Dictionary(uniqueKeysWithValues: network.attentions.map { ($0.site.name, $0.site) })
-        for a in attentionVariants[v] {
-            guard let site = sites.removeValue(forKey: a.name) else {
-                throw QuantizationError.file(path: path, reason: "quantized attention \(a.name) does not exist in the model config")
-            }
-            site.quantization = a.quantization
-        }
+        try install(variants[v], attentionVariants[v], into: network.layers, sites: network.attentions, owner: "the model config", mode: mode)
         guard let embedderJSON = info.attachments[QuantizedTensorName.classEmbedderAttachment] else { return network }
         struct EmbedderInfo: Decodable { var num_classes: Int; var embed_dim: Int; var null_class: Int }
         guard let e = try? JSONDecoder().decode(EmbedderInfo.self, from: Data(embedderJSON.utf8)),
