@@ -13,7 +13,8 @@ NO=${2:-1000}
 STATS=${3:-1024}
 OUT=${OUT:-out/results-ldm}
 mkdir -p "$OUT"
-run() { echo "+ $*" >&2; "$@"; }
+# Each ablation overwrites OUT/X/ablation.md; its table (stdout) is also appended to OUT/tables.md.
+run() { echo "+ $*" >&2; echo "+ $*" >> "$OUT/tables.md"; "$@" | tee -a "$OUT/tables.md"; }
 COMMON=(--model "$MODEL" --calib 256 --stats-trajectories "$STATS" --reuse --quiet)
 
 # Setting A (DDIM 20, eta 0, guidance 3): W4A8 ablation with both roundings (FP row included), n = N_MAIN.
