@@ -47,19 +47,20 @@ final class TransformerAttention {
 /// see every call (`WeightLayerKernel.isPure == false`: calibration captures, cost counters) bypass it.
 final class ContextProjectionCache {
     private var context: [Float] = [], shape: [Int] = []
-    private var kernels: (ObjectIdentifier, ObjectIdentifier)?
+    /// The kernels the cached k/v came from, held strongly: compared by identity, so a freed kernel's address can
+    /// never be taken by a new kernel while it is cached.
+    private var kernels: (key: WeightLayerKernel, value: WeightLayerKernel)?
     private var cached: (Tensor, Tensor)?
 
     func projections(of c: Tensor, key: WeightLayer, value: WeightLayer) -> (Tensor, Tensor) {
-        guard key.kernel.isPure, value.kernel.isPure else { cached = nil; return (key(c), value(c)) }
-        let ids = (ObjectIdentifier(key.kernel), ObjectIdentifier(value.kernel))
-        if let hit = cached, let k = kernels, k == ids, shape == c.shape,
+        guard key.kernel.isPure, value.kernel.isPure else { cached = nil; kernels = nil; return (key(c), value(c)) }
+        if let hit = cached, let k = kernels, k.key === key.kernel, k.value === value.kernel, shape == c.shape,
            context.withUnsafeBufferPointer({ memcmp($0.baseAddress!, c.data, c.count * 4) == 0 }) {
             return hit
         }
         let result = (key(c), value(c))
         context = Array(UnsafeBufferPointer(start: c.data, count: c.count)); shape = c.shape
-        kernels = ids; cached = result
+        kernels = (key.kernel, value.kernel); cached = result
         return result
     }
 }
