@@ -170,7 +170,7 @@ struct Evaluate: ParsableCommand {
         let runs = try runs(cx, range: 0..<n, spec: nil)
         let now = identity(cx, runs: runs)
         for key in Set(now.keys).union(merged.manifest.identity.keys).sorted() where now[key] != merged.manifest.identity[key] {
-            throw ValidationError("the \(key == "features" ? "feature network" : key == "dataset" ? "reference data" : key + " model or its settings") at the shards' recorded paths differ from what the shards used (files changed or missing since they ran); nothing written")
+            throw PipelineError("the \(key == "features" ? "feature network" : key == "dataset" ? "reference data" : key + " model or its settings") at the shards' recorded paths differ from what the shards used (files changed or missing since they ran); nothing written")
         }
         let samples = try runs.indices.map { try EvaluationPartial.samples(merged, model: $0) }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)

@@ -25,13 +25,10 @@ struct Merge: ParsableCommand {
     func run() throws {
         let cwd = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
         func absolute(_ p: String) -> String { URL(fileURLWithPath: p, relativeTo: cwd).standardizedFileURL.path }
-        let merged: EvaluationPartial.Merged
-        do { merged = try EvaluationPartial.merge(directories: shards.map(absolute)) } catch let e as PipelineError {
-            throw ValidationError(e.description)
-        }
+        let merged = try EvaluationPartial.merge(directories: shards.map(absolute))
         var command: Evaluate
         do { command = try Evaluate.parse(merged.manifest.arguments) } catch {
-            throw ValidationError("\(merged.directories[0]): the recorded evaluate arguments no longer parse: \(Evaluate.message(for: error))")
+            throw PipelineError("\(merged.directories[0]): the recorded evaluate arguments no longer parse: \(Evaluate.message(for: error))")
         }
         command.out = absolute(out)
         command.shard = nil

@@ -42,7 +42,7 @@ final class ShardCLITests: CLITestCase {
         let refused = try run(["merge", dirs[0], dirs[1], dirs[2], "--out", merged])
         XCTAssertNotEqual(refused.code, 0)
         XCTAssertTrue(refused.err.contains("\(dirs[1]): unfinished shard"), refused.err)
-        XCTAssertEqual(refused.err.split(separator: "\n").count, 1, "one-line error: \(refused.err)")
+        XCTAssertEqual(refused.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, "one error line: \(refused.err)")
         XCTAssertFalse(FileManager.default.fileExists(atPath: merged), "merge wrote output for an unfinished shard")
         // … and the same command resumes it (one batch per run under --time-budget 0) until it finishes.
         var resumedNotes = "", code: Int32 = 75, runs = 0
@@ -74,7 +74,7 @@ final class ShardCLITests: CLITestCase {
             let r = try run(["merge"] + dirs + ["--out", out2])
             XCTAssertNotEqual(r.code, 0)
             XCTAssertTrue(r.err.contains(text), "expected '\(text)' in: \(r.err)")
-            XCTAssertEqual(r.err.split(separator: "\n").count, 1, "one-line error: \(r.err)")
+            XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, "one error line: \(r.err)")
             XCTAssertFalse(FileManager.default.fileExists(atPath: out2))
         }
         try refuses([dirs[0], dirs[2]], "missing shard 1/3")
@@ -95,6 +95,7 @@ final class ShardCLITests: CLITestCase {
             let r = try run(["evaluate", "--n", "20", "--shard", spec, "--out", out])
             XCTAssertNotEqual(r.code, 0, spec)
             XCTAssertTrue(r.err.contains(text), "\(spec): \(r.err)")
+            XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, r.err)
             XCTAssertFalse(FileManager.default.fileExists(atPath: out), spec)
         }
     }
