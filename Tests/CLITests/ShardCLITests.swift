@@ -92,7 +92,7 @@ final class ShardCLITests: CLITestCase {
         let out = tmpPath("out")
         for (spec, text) in [("3/3", "outside 0..<3"), ("1/0", "count must be >= 1"), ("a/b", "must be I/N"), ("1", "must be I/N"),
                              ("-1/4", "outside 0..<4"), ("0/30", "30 shards for 20 images")] {
-            let r = try run(["evaluate", "--n", "20", "--shard", spec, "--out", out])
+            let r = try run(["evaluate", "--n", "20", "--shard=\(spec)", "--out", out])
             XCTAssertNotEqual(r.code, 0, spec)
             XCTAssertTrue(r.err.contains(text), "\(spec): \(r.err)")
             XCTAssertEqual(r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }.count, 1, r.err)
