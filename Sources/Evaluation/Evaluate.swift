@@ -74,8 +74,17 @@ public struct PairedMetrics: Codable, Equatable, Sendable {
 
     /// - Parameters: reference, test: `[N, H, W, C]` in [−1, 1] (clamped), same shape, H, W ≥ 11.
     public static func evaluate(reference: Tensor, test: Tensor) throws -> PairedMetrics {
-        let p = try ImageQuality.psnr(reference, test), s = try ImageQuality.ssim(reference, test)
-        return PairedMetrics(psnr: p, ssim: s, psnrSummary: try ImageQuality.summary(p),
-                             ssimSummary: try ImageQuality.summary(s, cap: .infinity))
+        try PairedMetrics(psnr: try ImageQuality.psnr(reference, test), ssim: try ImageQuality.ssim(reference, test))
+    }
+}
+
+extension PairedMetrics {
+    /// The summaries of per-image values (e.g. the concatenated values of evaluation shards, in image order).
+    /// - Parameters: psnr: dB (+∞ for identical images); ssim: same count.
+    public init(psnr: [Double], ssim: [Double]) throws {
+        guard psnr.count == ssim.count else {
+            throw EvaluationError.invalidArgument(what: "paired metrics", reason: "\(psnr.count) PSNR values for \(ssim.count) SSIM values")
+        }
+        self.init(psnr: psnr, ssim: ssim, psnrSummary: try ImageQuality.summary(psnr), ssimSummary: try ImageQuality.summary(ssim, cap: .infinity))
     }
 }

@@ -20,6 +20,9 @@ struct Evaluate: ParsableCommand {
         Samples are checkpointed in --out as they are made: an interrupted run, or one stopped by --time-budget
         (exit code 75), continues where it stopped when the same command is run again, and a finished run's samples
         are reused.
+        --shard I/N samples only a contiguous 1/N of the images (sizes differ by at most one) and writes its samples \
+        and partial results (features, logits, per-image PSNR/SSIM, costs) to --out; `ptqd merge` turns the N shard \
+        folders into the report of the unsharded run, with the same metrics to the last digit (docs/scale-out.md).
         """)
 
     @OptionGroup var model: ModelOptions
@@ -38,14 +41,39 @@ struct Evaluate: ParsableCommand {
     var timeBudget: Double?
     @Flag(help: "no progress on stderr") var quiet = false
 
+    @Option(help: ArgumentHelp("sample only shard I of N (0-based): images ⌊I·n/N⌋..<⌊(I+1)·n/N⌋, FP and quantized with the same noise and labels as the whole run; writes the samples and partial results (partial.safetensors) to --out for `ptqd merge` instead of the report", valueName: "I/N"))
+    var shard: String?
+
     func validate() throws {
         guard n >= 1 else { throw ValidationError("--n must be >= 1, got \(n)") }
         guard batch >= 1 else { throw ValidationError("--batch must be >= 1, got \(batch)") }
         if let b = timeBudget, !(b.isFinite && b >= 0) { throw ValidationError("--time-budget must be a number of minutes >= 0") }
+        if shard != nil { _ = try shardRange() }
     }
 
-    func run() throws {
-        runtime.apply()
+    /// `--shard` parsed, and its range of the n images (0..<n without --shard).
+    func shardRange() throws -> (spec: ShardSpec?, range: Range<Int>) {
+        guard let text = shard else { return (nil, 0..<n) }
+        do {
+            let spec = try ShardSpec(parsing: text)
+            return (spec, try spec.range(n: n))
+        } catch let e as PipelineError { throw ValidationError("--shard \(text): \(e.description)") }
+    }
+
+    /// The models, labels and evaluation side of a run (shared by the whole run, a shard and the merge).
+    struct Context {
+        let fp: PipelineModel
+        let q: PipelineModel?
+        let settings: SamplerSettings
+        let classes: Int
+        let labels: [Int]
+        let network: FeatureNetwork
+        let test: FashionMNIST
+        /// Image indices shown in the grid: the first min(n/classes, 10) of each class, ascending.
+        let gridIndices: [Int]
+    }
+
+    func prepare() throws -> Context {
         let fp = PipelineModel(fp32: try model.load())
         let q = try quant.load()
         if let q { try q.checkPairs(with: fp); try q.attachDecoder(from: try model.load()) }
@@ -63,24 +91,129 @@ struct Evaluate: ParsableCommand {
         }
         let test = try FashionMNIST(split: .test, directory: dataset)
         try test.requireEveryClass(classes)
-        let cache = referenceCache ?? URL(fileURLWithPath: out).appendingPathComponent("reference-stats.safetensors").path
-        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let reference = try ReferenceStatistics.load(dataset: test, network: network, cachePath: cache)
-        let base = URL(fileURLWithPath: out)
+        let perClass = n / classes
+        let show = min(perClass, 10)
+        let grid = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
+        return Context(fp: fp, q: q, settings: settings, classes: classes, labels: labels, network: network, test: test, gridIndices: grid)
+    }
 
-        let fpSamples = try generate(fp, settings: settings, labels: labels,
-                                     checkpoint: fpCache ?? base.appendingPathComponent("fp32-samples.safetensors").path)
-        let fpReport = try report(fp, samples: fpSamples, settings: settings, labels: labels, classes: classes, network: network,
+    func loadReference(_ cx: Context) throws -> ReferenceStatistics {
+        let cache = referenceCache ?? URL(fileURLWithPath: out).appendingPathComponent("reference-stats.safetensors").path
+        return try ReferenceStatistics.load(dataset: cx.test, network: cx.network, cachePath: cache)
+    }
+
+    /// The sampling runs of the FP and (if any) quantized model over `range`, with their checkpoint files: in --out,
+    /// the FP one at --fp-cache if given (with `-shard-I-of-N` before the extension for a shard, so shards sharing a
+    /// cache path do not overwrite each other).
+    func runs(_ cx: Context, range: Range<Int>, spec: ShardSpec?) throws -> [(role: String, model: PipelineModel, run: ResumableSampling)] {
+        let base = URL(fileURLWithPath: out)
+        var fpPath = fpCache ?? base.appendingPathComponent("fp32-samples.safetensors").path
+        if let spec, fpCache != nil {
+            let u = URL(fileURLWithPath: fpPath)
+            fpPath = u.deletingPathExtension().path + "-shard-\(spec.index)-of-\(spec.count)" + (u.pathExtension.isEmpty ? "" : "." + u.pathExtension)
+        }
+        var out: [(String, PipelineModel, ResumableSampling)] = [
+            ("fp32", cx.fp, try ResumableSampling(model: cx.fp, settings: cx.settings, n: n, seed: seed, batch: batch, checkpointPath: fpPath, images: range))]
+        if let q = cx.q {
+            out.append(("quantized", q, try ResumableSampling(model: q, settings: cx.settings, n: n, seed: seed, batch: batch,
+                                                               checkpointPath: base.appendingPathComponent("quantized-samples.safetensors").path, images: range)))
+        }
+        return out
+    }
+
+    /// What the results depend on (see ``EvaluationPartial/Manifest/identity``).
+    func identity(_ cx: Context, runs: [(role: String, model: PipelineModel, run: ResumableSampling)]) -> [String: String] {
+        var id = ["features": cx.network.identity, "dataset": cx.test.identity]
+        for r in runs { id[r.role] = r.run.wholeRunKey }
+        return id
+    }
+
+    func run() throws {
+        runtime.apply()
+        let cx = try prepare()
+        let (spec, range) = try shardRange()
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let runs = try runs(cx, range: range, spec: spec)
+        if let spec {
+            // A shard: its "finished" mark is partial.safetensors, written last.
+            let partialPath = URL(fileURLWithPath: out).appendingPathComponent(EvaluationPartial.fileName).path
+            if FileManager.default.fileExists(atPath: partialPath) { try FileManager.default.removeItem(atPath: partialPath) }
+            let sampled = try sample(cx, runs: runs, range: range)
+            var models: [EvaluationPartial.Model] = []
+            for (r, (part, _)) in zip(runs, sampled.parts) {
+                let s = r.model.network.sampleShape
+                models.append(.init(role: r.role, label: r.model.label, samplesFile: URL(fileURLWithPath: r.run.checkpoint.path).standardizedFileURL.path,
+                                    samplesKey: r.run.checkpoint.key, wholeRunKey: r.run.wholeRunKey, sampleShape: [s[2], s[0], s[1]],
+                                    seconds: part.seconds, peakResidentBytes: part.peakResidentBytes))
+            }
+            var args = Invocation.arguments
+            if args.first == "evaluate" { args.removeFirst() }
+            let manifest = EvaluationPartial.Manifest(version: EvaluationPartial.formatVersion, shard: spec, lower: range.lowerBound, upper: range.upperBound,
+                                                      n: n, seed: seed, identity: identity(cx, runs: runs), arguments: args,
+                                                      workingDirectory: FileManager.default.currentDirectoryPath, models: models)
+            try EvaluationPartial(manifest: manifest, parts: sampled.parts.map(\.0), psnr: sampled.paired?.psnr, ssim: sampled.paired?.ssim)
+                .write(directory: out)
+            print("shard \(spec): images \(range.lowerBound)..<\(range.upperBound) of \(n) sampled; wrote \(partialPath) (merge the \(spec.count) shard folders with `ptqd merge DIR… --out DIR`)")
+            return
+        }
+        let reference = try loadReference(cx)
+        let sampled = try sample(cx, runs: runs, range: range)
+        try finish(cx, parts: sampled.parts.map(\.0), paired: sampled.paired, reference: reference)
+    }
+
+    /// `ptqd merge`: the report of the merged shards, written by the same code as an unsharded run. The command's
+    /// options are the shards' (re-parsed from their manifest), --out the merge's.
+    /// - Throws: when the files at the recorded paths are not those the shards used (nothing is written then).
+    func runMerged(_ merged: EvaluationPartial.Merged) throws {
+        runtime.apply()
+        let cx = try prepare()
+        let runs = try runs(cx, range: 0..<n, spec: nil)
+        let now = identity(cx, runs: runs)
+        for key in Set(now.keys).union(merged.manifest.identity.keys).sorted() where now[key] != merged.manifest.identity[key] {
+            throw PipelineError("the \(key == "features" ? "feature network" : key == "dataset" ? "reference data" : key + " model or its settings") at the shards' recorded paths differ from what the shards used (files changed or missing since they ran); nothing written")
+        }
+        let samples = try runs.indices.map { try EvaluationPartial.samples(merged, model: $0) }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let reference = try loadReference(cx)
+        // The merged samples under the whole run's key: the same files an unsharded run leaves in --out.
+        for (i, r) in runs.enumerated() {
+            let path = URL(fileURLWithPath: out).appendingPathComponent(r.role == "fp32" ? "fp32-samples.safetensors" : "quantized-samples.safetensors").path
+            try SampleCheckpoint(path: path, key: r.run.wholeRunKey, imageShape: r.run.checkpoint.imageShape).save(samples[i], seconds: merged.parts[i].seconds)
+        }
+        let paired = try merged.psnr.map { try PairedMetrics(psnr: $0, ssim: merged.ssim ?? []) }
+        let count = merged.directories.count
+        try finish(cx, parts: merged.parts, paired: paired, reference: reference,
+                   shardNote: "Merged from \(count) shard\(count > 1 ? "s" : "") (\(merged.directories.joined(separator: ", "))): wall time is the sum of the shards' sampling times (compute time, not elapsed time), images/s is per process, peak RSS the largest shard's.")
+    }
+
+    /// Samples `range` with each run and evaluates the feature network on the images; pairs quantized with FP.
+    func sample(_ cx: Context, runs: [(role: String, model: PipelineModel, run: ResumableSampling)], range: Range<Int>)
+        throws -> (parts: [(EvaluationPart, Tensor)], paired: PairedMetrics?) {
+        var parts: [(EvaluationPart, Tensor)] = []
+        let grid = cx.gridIndices.filter { range.contains($0) }.map { $0 - range.lowerBound }
+        for r in runs {
+            let s = try generate(r.model, run: r.run, labels: cx.labels)
+            // One pass of the feature network over the clamped images; the metrics-by-n prefixes reuse its features.
+            let seen = try cx.network.evaluate(DistributionMetrics.dataRange(s.images))
+            parts.append((EvaluationPart(features: seen.features, logits: seen.logits, gridImages: grid.isEmpty ? nil : s.images.gather(batch: grid),
+                                         seconds: s.seconds, peakResidentBytes: s.peakResidentBytes), s.images))
+        }
+        let paired = parts.count == 2 ? try PairedMetrics.evaluate(reference: parts[0].1, test: parts[1].1) : nil
+        return (parts, paired)
+    }
+
+    /// Reports, grid, plots and the HTML page of the whole run from its parts (FP first).
+    func finish(_ cx: Context, parts: [EvaluationPart], paired: PairedMetrics?, reference: ReferenceStatistics, shardNote: String? = nil) throws {
+        let (fp, q, settings, classes, labels, network, test) = (cx.fp, cx.q, cx.settings, cx.classes, cx.labels, cx.network, cx.test)
+        let base = URL(fileURLWithPath: out)
+        var fpReport = try report(fp, part: parts[0], settings: settings, labels: labels, classes: classes, network: network,
                                   reference: reference, test: test, paired: nil)
+        if let shardNote { fpReport.notes.append(shardNote) }
         var main = fpReport
-        var qSamples: GeneratedSamples? = nil
         if let q {
-            let qs = try generate(q, settings: settings, labels: labels,
-                                  checkpoint: base.appendingPathComponent("quantized-samples.safetensors").path)
-            qSamples = qs
-            let paired = try PairedMetrics.evaluate(reference: fpSamples.images, test: qs.images)
-            main = try report(q, samples: qs, settings: settings, labels: labels, classes: classes, network: network,
+            main = try report(q, part: parts[1], settings: settings, labels: labels, classes: classes, network: network,
                               reference: reference, test: test, paired: paired)
+            if let shardNote { main.notes.append(shardNote) }
             main.notes.append(String(format: "fp32 on the same noise and labels: FID %.3f, IS %.3f, precision %.3f, recall %.3f, %.2f images/s",
                                      fpReport.metrics.fid ?? .nan, fpReport.metrics.inceptionScoreMean ?? .nan,
                                      fpReport.metrics.precision ?? .nan, fpReport.metrics.recall ?? .nan, fpReport.cost.imagesPerSecond ?? .nan))
@@ -89,11 +222,13 @@ struct Evaluate: ParsableCommand {
         try main.writeJSON(to: base.appendingPathComponent("report.json").path)
         try main.writeMarkdown(to: base.appendingPathComponent("report.md").path)
         // Grid: one row per class (named), up to 10 images each; FP | quantized side by side under headings.
-        let perClass = n / classes
-        let show = min(perClass, 10)
-        let idx = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + show) }
-        var panels = [ImageGrid.Panel(heading: fp.displayName, images: fpSamples.images.gather(batch: idx))]
-        if let q, let qs = qSamples { panels.append(.init(heading: q.displayName, images: qs.images.gather(batch: idx))) }
+        let show = min(n / classes, 10)
+        func gridImages(_ p: EvaluationPart) throws -> Tensor {
+            guard let g = p.gridImages, g.shape[0] == cx.gridIndices.count else { throw ValidationError("the grid images are incomplete") }
+            return g
+        }
+        var panels = [ImageGrid.Panel(heading: fp.displayName, images: try gridImages(parts[0]))]
+        if let q { panels.append(.init(heading: q.displayName, images: try gridImages(parts[1]))) }
         let rowNames = FeatureNetwork.rowNames(network.config.classes, count: classes)
         let gridImage = try ImageGrid(columns: show).figure(panels: panels, rowNames: rowNames)
         let gridPNG = try PNGCodec.encode(gridImage, nameForErrors: base.appendingPathComponent("grid.png").path)
@@ -102,7 +237,7 @@ struct Evaluate: ParsableCommand {
         var fidPlot: LinePlot? = nil
         if let rows = fpReport.metricsByN, rows.count >= 2 {
             var series = [LinePlot.Series(name: fp.displayName, x: rows.map { Double($0.count) }, y: rows.map(\.fid))]
-            if let q, let qr = main.metricsByN, qSamples != nil {
+            if let q, let qr = main.metricsByN {
                 series.append(.init(name: q.displayName, x: qr.map { Double($0.count) }, y: qr.map(\.fid)))
             }
             let plot = LinePlot(title: "FID against the number of samples", subtitle: "setting \(main.setting.name): \(settings.summary); class-balanced prefixes of the same samples",
@@ -158,10 +293,8 @@ struct Evaluate: ParsableCommand {
     }
 
     /// Distribution metrics (by n, with the FID-vs-n plot), paired metrics and cost for one model's samples.
-    func report(_ r: PipelineModel, samples: GeneratedSamples, settings: SamplerSettings, labels: [Int], classes: Int,
+    func report(_ r: PipelineModel, part seen: EvaluationPart, settings: SamplerSettings, labels: [Int], classes: Int,
                 network: FeatureNetwork, reference: ReferenceStatistics, test: FashionMNIST, paired: PairedMetrics?) throws -> EvaluationReport {
-        // One pass of the feature network over the clamped images; the metrics-by-n prefixes reuse its features.
-        let seen = try network.evaluate(DistributionMetrics.dataRange(samples.images))
         let dist = try DistributionMetrics.evaluate(features: seen.features, logits: seen.logits, reference: reference, labels: labels)
         // Metrics against n: class-balanced prefixes (labels are ordered by class, so take the first k of each class).
         let perClass = n / classes
@@ -182,8 +315,8 @@ struct Evaluate: ParsableCommand {
             n: n, seed: seed,
             metrics: .init(fid: dist.fid, inceptionScoreMean: dist.inceptionScoreMean, inceptionScoreStd: dist.inceptionScoreStd,
                            precision: dist.precision, recall: dist.recall, psnr: paired?.psnrSummary, ssim: paired?.ssimSummary),
-            cost: .init(wallTimeSeconds: samples.seconds, secondsPerImage: samples.seconds / Double(n),
-                        imagesPerSecond: Double(n) / samples.seconds, peakResidentBytes: samples.peakResidentBytes,
+            cost: .init(wallTimeSeconds: seen.seconds, secondsPerImage: seen.seconds / Double(n),
+                        imagesPerSecond: Double(n) / seen.seconds, peakResidentBytes: seen.peakResidentBytes,
                         bopsPerForward: try r.bopsPerForward(), modelFileBytes: r.fileBytes, threads: runtime.threads),
             reference: "Fashion-MNIST test set (\(test.count) images, \(reference.identity))",
             featureNetwork: "\(network.directory): \(network.identity) (\(network.featureDim)-d features)",
@@ -211,10 +344,9 @@ struct Evaluate: ParsableCommand {
         return report
     }
 
-    /// Samples all n images of `r`, resumably (`ResumableSampling`); stops with exit code 75 once `--time-budget`
-    /// is spent.
-    func generate(_ r: PipelineModel, settings: SamplerSettings, labels: [Int], checkpoint path: String) throws -> GeneratedSamples {
-        let run = try ResumableSampling(model: r, settings: settings, n: n, seed: seed, batch: batch, checkpointPath: path)
+    /// Samples the run's images (all n or a shard's) of `r`, resumably (`ResumableSampling`); stops with exit code 75
+    /// once `--time-budget` is spent. Latent pipelines' samples are decoded (the decoding time counts).
+    func generate(_ r: PipelineModel, run: ResumableSampling, labels: [Int]) throws -> GeneratedSamples {
         var progress: ProgressReporter? = nil
         var last = 0
         do {

@@ -10,7 +10,7 @@ import TensorCore
 /// run finishes or its time budget is spent) so that an interrupted (or
 /// `--time-budget`-limited) `ptqd evaluate` continues where it stopped instead of starting over.
 ///
-/// File: safetensors with one tensor `samples` `[count, C, H, W]` fp32 — images `0..<count` of the run in
+/// File: safetensors with one tensor `samples` `[count, C, H, W]` fp32 — images `lo..<lo+count` of the run (lo = 0, or a shard's first image) in
 /// index order — and metadata `key` (what is being sampled; a checkpoint with another key is ignored and
 /// later overwritten) and `seconds` (sampling wall time summed over every run that contributed).
 /// Written to a temporary file and renamed, so a kill at any moment leaves the previous checkpoint intact.
@@ -64,13 +64,23 @@ public struct ResumableSampling {
     public let n: Int
     public let seed: UInt64
     public let batch: Int
+    /// The images this run samples: `0..<n`, or one shard's range (``ShardSpec/range(n:)``).
+    public let images: Range<Int>
     public let checkpoint: SampleCheckpoint
+    /// The checkpoint key of the whole run (`0..<n`) of the same model and settings; equal to `checkpoint.key`
+    /// unless `images` is a shard's range.
+    public let wholeRunKey: String
 
     /// The checkpoint key holds everything the samples depend on: the weights file's content digest (not its path
     /// or time, so copies match and same-size rewrites do not), the network and scheduler configs, the model
-    /// variant and correction, the sampler settings, n, seed and batch size.
-    public init(model: PipelineModel, settings: SamplerSettings, n: Int, seed: UInt64, batch: Int, checkpointPath: String) throws {
+    /// variant and correction, the sampler settings, n, seed and batch size, and a shard's image range.
+    /// - images: the images to sample (nil: all n); the checkpoint then holds images `images.lowerBound...`.
+    public init(model: PipelineModel, settings: SamplerSettings, n: Int, seed: UInt64, batch: Int, checkpointPath: String,
+                images: Range<Int>? = nil) throws {
         self.model = model; self.settings = settings; self.n = n; self.seed = seed; self.batch = batch
+        let images = images ?? 0..<n
+        precondition(images.lowerBound >= 0 && images.upperBound <= n && !images.isEmpty, "images \(images) outside 0..<\(n)")
+        self.images = images
         func hashed(_ text: String) -> String { Array(text.utf8).withUnsafeBytes { SafeTensorsDigest.mix64($0) } }
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
         let settingsText = String(decoding: try enc.encode(settings), as: UTF8.self)
@@ -80,6 +90,8 @@ public struct ResumableSampling {
             let cs = model.correctionSettings
             key += "|correction=\(cs.method.rawValue),\(cs.components.rawValue),\(cs.vscMode.rawValue)"
         }
+        wholeRunKey = key
+        if images != 0..<n { key += "|images=\(images.lowerBound)..<\(images.upperBound)" }
         let s = model.network.sampleShape
         checkpoint = SampleCheckpoint(path: checkpointPath, key: key, imageShape: [s[2], s[0], s[1]])
     }
@@ -90,7 +102,7 @@ public struct ResumableSampling {
         public var description: String { "time budget reached at image \(done)/\(total); samples saved to \(path); run the same command again to continue" }
     }
 
-    /// Samples all n images in batches with per-image noise streams, continuing from the checkpoint when it holds a
+    /// Samples the run's images (all n, or a shard's range) in batches with per-image noise streams, continuing from the checkpoint when it holds a
     /// prefix of this run (and returning its samples when it holds all of them). Saves the checkpoint at most every
     /// 30 s and at the end; throws `OutOfTime` once `timeBudget` seconds are spent. The process's peak RSS is reset
     /// before sampling and read after it, so each model's figure covers its own sampling.
@@ -99,16 +111,17 @@ public struct ResumableSampling {
     public func run(conditioning: (Range<Int>) throws -> Conditioning, timeBudget: Double? = nil,
                     note: (String) -> Void = { _ in }, progress: ((Int, Int) -> Void)? = nil) throws -> GeneratedSamples {
         var parts: [Tensor] = []
-        var first = 0, earlierSeconds = 0.0
+        var first = images.lowerBound, earlierSeconds = 0.0
         if let saved = checkpoint.load() {
             let count = saved.images.shape[0]
-            if count == n {
+            let total = images.count
+            if count == total {
                 note("reusing \(model.label) samples from \(checkpoint.path)")
                 return GeneratedSamples(images: saved.images, seconds: saved.seconds, peakResidentBytes: nil)
             }
-            if count < n && count % batch == 0 {
-                parts = [saved.images]; first = count; earlierSeconds = saved.seconds
-                note("resuming \(model.label) at image \(count)/\(n) from \(checkpoint.path)")
+            if count < total && count % batch == 0 {
+                parts = [saved.images]; first = images.lowerBound + count; earlierSeconds = saved.seconds
+                note("resuming \(model.label) at image \(first)/\(images.upperBound)\(images == 0..<n ? "" : " (shard \(images.lowerBound)..<\(images.upperBound))") from \(checkpoint.path)")
             }
         }
         let sampler = try model.sampler(settings, warn: note)
@@ -117,21 +130,21 @@ public struct ResumableSampling {
         let start = Date()
         var lastSave = 0.0, done = 0
         do {
-            try sampler.generate(images: first..<n, batch: batch, seed: seed, shape: model.network.sampleShape,
+            try sampler.generate(images: first..<images.upperBound, batch: batch, seed: seed, shape: model.network.sampleShape,
                                  conditioning: conditioning, hooks: { range in
-                SamplerHooks(didStep: { _, _ in done += range.count; progress?(done, (n - first) * steps) })
+                SamplerHooks(didStep: { _, _ in done += range.count; progress?(done, (images.upperBound - first) * steps) })
             }, onBatch: { range, y in
                 guard y.isFinite else { throw PipelineError("sampling produced NaN/Inf at images \(range)") }
                 parts.append(y)
                 let elapsed = Date().timeIntervalSince(start)
-                let finished = range.upperBound == n
+                let finished = range.upperBound == images.upperBound
                 let outOfTime = timeBudget.map { elapsed >= $0 } ?? false
                 if finished || outOfTime || elapsed - lastSave >= 30 {
                     parts = [Tensor.concatenate(batch: parts)]
                     try checkpoint.save(parts[0], seconds: earlierSeconds + elapsed)
                     lastSave = elapsed
                 }
-                if outOfTime && !finished { throw OutOfTime(done: range.upperBound, total: n, path: checkpoint.path) }
+                if outOfTime && !finished { throw OutOfTime(done: range.upperBound, total: images.upperBound, path: checkpoint.path) }
             })
         }
         return GeneratedSamples(images: Tensor.concatenate(batch: parts), seconds: earlierSeconds + Date().timeIntervalSince(start),

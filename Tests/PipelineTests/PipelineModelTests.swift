@@ -100,3 +100,23 @@ final class PipelineModelTests: XCTestCase {
         XCTAssertEqual(fresh.images.array, once.images.array, "per-image noise: the batch size does not change the samples")
     }
 }
+
+/// Shard ranges: contiguous, in order, covering 0..<n, sizes differing by at most one.
+final class ShardSpecTests: XCTestCase {
+    func testRangesPartitionTheImages() throws {
+        for n in [1, 7, 20, 500, 5001] {
+            for count in 1...min(n, 17) {
+                let ranges = try (0..<count).map { try ShardSpec(index: $0, count: count).range(n: n) }
+                XCTAssertEqual(ranges.first?.lowerBound, 0)
+                XCTAssertEqual(ranges.last?.upperBound, n)
+                for (a, b) in zip(ranges, ranges.dropFirst()) { XCTAssertEqual(a.upperBound, b.lowerBound) }
+                let sizes = ranges.map(\.count)
+                XCTAssertLessThanOrEqual(sizes.max()! - sizes.min()!, 1, "n \(n), \(count) shards: \(sizes)")
+                XCTAssertGreaterThan(sizes.min()!, 0)
+            }
+        }
+        XCTAssertThrowsError(try ShardSpec(index: 0, count: 8).range(n: 5))
+        XCTAssertEqual(try ShardSpec(parsing: "2/3"), try ShardSpec(index: 2, count: 3))
+        for bad in ["3/3", "x", "1/", "/2", "1/2/3", "-1/2", "0/0"] { XCTAssertThrowsError(try ShardSpec(parsing: bad), bad) }
+    }
+}
