@@ -108,10 +108,7 @@ public final class Int8Conv2D: @unchecked Sendable {
     let parts: [IntegerPart]
 
     private struct Key: Hashable { let n: Int, h: Int, w: Int }
-    /// One part's primitive and its u8 input buffer `[N, H + pads, W + pads, runChannels]`, kept across forwards of
-    /// this input size (no allocation and page faults per call); its padding border holds the zero point, written
-    /// once when the plan is made — each forward rewrites only the interior.
-    private struct PartPlan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf, input: AlignedBuffer }
+    private struct PartPlan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf: AlignedBuffer }
     private var plans: [Key: [PartPlan]] = [:]
 
     /// - Parameters:
@@ -144,18 +141,21 @@ public final class Int8Conv2D: @unchecked Sendable {
         let y = Tensor(uninitialized: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
         for (part, pp) in zip(parts, plan) {
             let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
-            let buf = pp.input.pointer.assumingMemoryBound(to: UInt8.self)
-            // A part covering every channel, not duplicated, reads whole input rows: one quantize call per row.
-            let wholeRows = cp == g.inChannels && !part.duplicated
-            Parallel.forEachChunk(n * h, minChunk: 4) { rows in
+            let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
+            defer { buf.deallocate() }
+            let z = UInt8(part.quant.zeroPoint)
+            Parallel.forEachChunk(n * ph, minChunk: 4) { rows in
                 for r in rows {
-                    let b = r / h, iy = r % h
-                    let dstRow = buf + ((b * ph + iy + g.padTop) * pw + g.padLeft) * rc
-                    let srcRow = x.data + (b * h + iy) * w * g.inChannels
-                    if wholeRows { part.quant.quantize(srcRow, dstRow, count: w * cp); continue }
-                    for ix in 0..<w {
-                        let dst = dstRow + ix * rc
-                        part.quant.quantize(srcRow + ix * g.inChannels + c0, dst, count: cp)
+                    let b = r / ph, py = r % ph
+                    let rowBase = buf + (b * ph + py) * pw * rc
+                    let iy = py - g.padTop
+                    if iy < 0 || iy >= h { rowBase.update(repeating: z, count: pw * rc); continue }
+                    for px in 0..<pw {
+                        let dst = rowBase + px * rc
+                        let ix = px - g.padLeft
+                        if ix < 0 || ix >= w { dst.update(repeating: z, count: rc); continue }
+                        let src = x.data + ((b * h + iy) * w + ix) * g.inChannels + c0
+                        part.quant.quantize(src, dst, count: cp)
                         if part.duplicated { (dst + cp).update(from: dst, count: cp) }
                     }
                 }
@@ -195,12 +195,9 @@ public final class Int8Conv2D: @unchecked Sendable {
             let user = dnnlMD([g.outChannels, rc, g.kernelH, g.kernelW], dnnl_s8, tag: dnnl_oihw)
             let wbuf = part.weights.withUnsafeBytes { dnnlReorder(from: $0.baseAddress!, user, to: wmd) }
             let bbuf = alignedCopy(part.accBias)
-            // The input buffer, border = zero point (exact zero padding); the interior is overwritten every forward.
-            let input = AlignedBuffer(byteCount: key.n * ph * pw * rc)
-            input.pointer.initializeMemory(as: UInt8.self, repeating: UInt8(part.quant.zeroPoint), count: key.n * ph * pw * rc)
-            result.append(PartPlan(prim: prim, src: DNNLMemory(&src, handle: input.pointer), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
+            result.append(PartPlan(prim: prim, src: DNNLMemory(&src, handle: nil), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
                                    dst: DNNLMemory(&dst, handle: nil), bias: DNNLMemory(&biasMD, handle: bbuf.pointer),
-                                   weights: wbuf, biasBuf: bbuf, input: input))
+                                   weights: wbuf, biasBuf: bbuf))
         }
         plans[key] = result
         return result
