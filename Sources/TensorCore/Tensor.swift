@@ -6,6 +6,7 @@
 //===----------------------------------------------------------------------===//
 
 import Foundation
+import Synchronization
 
 /// A dense, contiguous fp32 tensor with reference semantics.
 ///
@@ -138,7 +139,18 @@ public enum TensorStorage {
 
     /// Bytes of tensors alive now, and the most alive at once since `resetPeakLive()` (the activation memory of
     /// a forward, exact: weights live in arrays and oneDNN buffers, not tensors; the reuse cache is not counted).
-    nonisolated(unsafe) private static var live = 0, peakLive = 0
+    /// Atomics, not the cache lock: small tensors are allocated on hot paths and never touch the lock.
+    private static let live = Atomic<Int>(0), peakLive = Atomic<Int>(0)
+
+    private static func noteAllocated(_ bytes: Int) {
+        let now = live.wrappingAdd(bytes, ordering: .relaxed).newValue
+        var peak = peakLive.load(ordering: .relaxed)
+        while now > peak {
+            let (done, seen) = peakLive.compareExchange(expected: peak, desired: now, ordering: .relaxed)
+            if done { break }
+            peak = seen
+        }
+    }
 
     /// Bytes currently held for reuse.
     public static var cachedByteCount: Int {
@@ -148,23 +160,19 @@ public enum TensorStorage {
 
     /// (bytes of live tensors, their peak since `resetPeakLive()`).
     public static var liveBytes: (now: Int, peak: Int) {
-        lock.lock(); defer { lock.unlock() }
-        return (live, peakLive)
+        (live.load(ordering: .relaxed), peakLive.load(ordering: .relaxed))
     }
 
     /// Starts a new peak measurement at the current live bytes.
     public static func resetPeakLive() {
-        lock.lock(); peakLive = live; lock.unlock()
+        peakLive.store(live.load(ordering: .relaxed), ordering: .relaxed)
     }
 
     /// 64-byte aligned storage of `byteCount` bytes (contents unspecified).
     static func allocate(byteCount: Int) -> UnsafeMutableRawPointer {
-        if byteCount < minimumBytes {
-            lock.lock(); live += byteCount; peakLive = max(peakLive, live); lock.unlock()
-        }
+        noteAllocated(byteCount)
         if byteCount >= minimumBytes {
             lock.lock()
-            live += byteCount; peakLive = max(peakLive, live)
             if allocations[byteCount] == nil && allocations.count >= maximumTrackedSizes {
                 allocations.removeAll(keepingCapacity: true)
             }
@@ -181,10 +189,9 @@ public enum TensorStorage {
 
     /// Returns storage obtained from `allocate(byteCount:)`.
     static func release(_ p: UnsafeMutableRawPointer, byteCount: Int) {
-        if byteCount < minimumBytes { lock.lock(); live -= byteCount; lock.unlock() }
+        live.wrappingSubtract(byteCount, ordering: .relaxed)
         if byteCount >= minimumBytes {
             lock.lock()
-            live -= byteCount
             if allocations[byteCount, default: 0] >= 2 && cachedBytes + byteCount <= limitBytes {
                 free[byteCount, default: []].append(p)
                 cachedBytes += byteCount
