@@ -67,24 +67,32 @@ public struct DistributionMetrics: Codable, Equatable, Sendable {
 /// vs quantized): per-image PSNR and SSIM and their summaries.
 public struct PairedMetrics: Codable, Equatable, Sendable {
     public var psnr: [Double]
+    /// Per-image SSIM; empty when the images are smaller than SSIM's 11×11 window (``ssimApplies(height:width:)``).
     public var ssim: [Double]
     /// Mean and 5th percentile; +∞ PSNR (identical images) counts as ``ImageQuality/psnrCap`` dB.
     public var psnrSummary: ImageQuality.Summary
-    public var ssimSummary: ImageQuality.Summary
+    /// nil when SSIM was not measured (images smaller than the window).
+    public var ssimSummary: ImageQuality.Summary?
 
-    /// - Parameters: reference, test: `[N, H, W, C]` in [−1, 1] (clamped), same shape, H, W ≥ 11.
+    /// Whether SSIM's 11×11 Gaussian window fits images of this size.
+    public static func ssimApplies(height: Int, width: Int) -> Bool { min(height, width) >= ImageQuality.window }
+
+    /// - Parameters: reference, test: `[N, H, W, C]` in [−1, 1] (clamped), same shape. SSIM is measured when
+    ///   H, W ≥ 11 and left empty otherwise.
     public static func evaluate(reference: Tensor, test: Tensor) throws -> PairedMetrics {
-        try PairedMetrics(psnr: try ImageQuality.psnr(reference, test), ssim: try ImageQuality.ssim(reference, test))
+        let withSSIM = reference.shape.count == 4 && ssimApplies(height: reference.shape[1], width: reference.shape[2])
+        return try PairedMetrics(psnr: try ImageQuality.psnr(reference, test), ssim: withSSIM ? try ImageQuality.ssim(reference, test) : [])
     }
 }
 
 extension PairedMetrics {
     /// The summaries of per-image values (e.g. the concatenated values of evaluation shards, in image order).
-    /// - Parameters: psnr: dB (+∞ for identical images); ssim: same count.
+    /// - Parameters: psnr: dB (+∞ for identical images); ssim: same count, or empty when SSIM was not measured.
     public init(psnr: [Double], ssim: [Double]) throws {
-        guard psnr.count == ssim.count else {
+        guard psnr.count == ssim.count || ssim.isEmpty else {
             throw EvaluationError.invalidArgument(what: "paired metrics", reason: "\(psnr.count) PSNR values for \(ssim.count) SSIM values")
         }
-        self.init(psnr: psnr, ssim: ssim, psnrSummary: try ImageQuality.summary(psnr), ssimSummary: try ImageQuality.summary(ssim, cap: .infinity))
+        self.init(psnr: psnr, ssim: ssim, psnrSummary: try ImageQuality.summary(psnr),
+                  ssimSummary: ssim.isEmpty ? nil : try ImageQuality.summary(ssim, cap: .infinity))
     }
 }

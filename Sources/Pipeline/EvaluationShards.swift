@@ -48,13 +48,14 @@ public struct ShardSpec: Codable, Equatable, Hashable, Sendable, CustomStringCon
     }
 }
 
-/// What one evaluated model contributes per image: the feature network's features and logits, and the images
-/// of the report grid. Concatenating the parts of the shards in index order gives the whole run's part.
+/// What one evaluated model contributes per image: the feature network's features and logits (when the run computes
+/// distribution metrics), and the images of the report grid. Concatenating the parts of the shards in index order
+/// gives the whole run's part.
 public struct EvaluationPart {
-    /// `[m, D]` penultimate features of images `range` (clamped to [−1, 1] first).
-    public var features: Tensor
-    /// `[m, classes]` logits of the same images.
-    public var logits: Tensor
+    /// `[m, D]` penultimate features of images `range` (clamped to [−1, 1] first); nil for a paired-only run.
+    public var features: Tensor?
+    /// `[m, classes]` logits of the same images; nil exactly when `features` is.
+    public var logits: Tensor?
     /// `[k, H, W, C]` decoded images at those of the report grid's indices that lie in `range`, ascending.
     public var gridImages: Tensor?
     /// Sampling (and decoding) wall time in seconds, summed over the runs that made the samples.
@@ -62,7 +63,7 @@ public struct EvaluationPart {
     /// Peak RSS of the sampling process in bytes (nil when the samples were reused from a finished checkpoint).
     public var peakResidentBytes: Int?
 
-    public init(features: Tensor, logits: Tensor, gridImages: Tensor?, seconds: Double, peakResidentBytes: Int?) {
+    public init(features: Tensor?, logits: Tensor?, gridImages: Tensor?, seconds: Double, peakResidentBytes: Int?) {
         self.features = features; self.logits = logits; self.gridImages = gridImages
         self.seconds = seconds; self.peakResidentBytes = peakResidentBytes
     }
@@ -72,8 +73,9 @@ public struct EvaluationPart {
 /// (the file's presence is the "finished" mark: a shard deletes it when it starts).
 ///
 /// File (safetensors): metadata `kind` = `ptqd-evaluation-partial`, `manifest` = the JSON of ``Manifest``; tensors
-/// per model role R (`fp32`, `quantized`): `R.features` F32 `[m, D]`, `R.logits` F32 `[m, classes]`, `R.grid` F32
-/// `[k, H, W, C]` (NHWC, when k > 0); and for a quantized run `psnr`, `ssim` F64 `[m]` (dB; +∞ for identical images).
+/// per model role R (`fp32`, `quantized`): `R.features` F32 `[m, D]`, `R.logits` F32 `[m, classes]` (when the run
+/// computes distribution metrics), `R.grid` F32 `[k, H, W, C]` (NHWC, when k > 0); and for a quantized run `psnr`,
+/// `ssim` F64 `[m]` (dB; +∞ for identical images; no `ssim` when the images are smaller than SSIM's window).
 public struct EvaluationPartial {
     public static let kind = "ptqd-evaluation-partial"
     public static let formatVersion = 1
@@ -142,12 +144,14 @@ public struct EvaluationPartial {
         let enc = JSONEncoder(); enc.outputFormatting = [.sortedKeys]
         var w = SafeTensorsWriter(metadata: ["kind": Self.kind, "manifest": String(decoding: try enc.encode(manifest), as: UTF8.self)])
         for (m, p) in zip(manifest.models, parts) {
-            try w.add("\(m.role).features", floats: p.features.array, shape: p.features.shape)
-            try w.add("\(m.role).logits", floats: p.logits.array, shape: p.logits.shape)
+            if let f = p.features, let l = p.logits {
+                try w.add("\(m.role).features", floats: f.array, shape: f.shape)
+                try w.add("\(m.role).logits", floats: l.array, shape: l.shape)
+            }
             if let g = p.gridImages, g.shape[0] > 0 { try w.add("\(m.role).grid", floats: g.array, shape: g.shape) }
         }
         if let psnr { try w.add("psnr", dtype: .f64, shape: [psnr.count], bytes: f64Bytes(psnr)) }
-        if let ssim { try w.add("ssim", dtype: .f64, shape: [ssim.count], bytes: f64Bytes(ssim)) }
+        if let ssim, !ssim.isEmpty { try w.add("ssim", dtype: .f64, shape: [ssim.count], bytes: f64Bytes(ssim)) }
         try w.write(to: URL(fileURLWithPath: directory).appendingPathComponent(Self.fileName).path)
     }
 
@@ -177,9 +181,11 @@ public struct EvaluationPartial {
                     guard info.shape.first == rows || name.hasSuffix(".grid") else { throw bad("\(name) has \(info.shape.first ?? 0) rows for \(rows) images") }
                     return Tensor(shape: info.shape, values: try f.floats(name))
                 }
-                let grid = f.contains("\(model.role).grid") ? try tensor("\(model.role).grid") : nil
-                parts.append(EvaluationPart(features: try tensor("\(model.role).features"), logits: try tensor("\(model.role).logits"),
-                                            gridImages: grid, seconds: model.seconds, peakResidentBytes: model.peakResidentBytes))
+                func optional(_ name: String) throws -> Tensor? { f.contains(name) ? try tensor(name) : nil }
+                let (features, logits) = (try optional("\(model.role).features"), try optional("\(model.role).logits"))
+                guard (features == nil) == (logits == nil) else { throw bad("\(model.role) has features without logits or logits without features") }
+                parts.append(EvaluationPart(features: features, logits: logits, gridImages: try optional("\(model.role).grid"),
+                                            seconds: model.seconds, peakResidentBytes: model.peakResidentBytes))
             }
             func doubles(_ name: String) throws -> [Double]? {
                 guard f.contains(name) else { return nil }
@@ -238,8 +244,12 @@ public struct EvaluationPartial {
             let ps = ordered.map { $0.partial.parts[m] }
             let grids = ps.compactMap(\.gridImages).filter { $0.shape[0] > 0 }
             let peaks = ps.compactMap(\.peakResidentBytes)
-            parts.append(EvaluationPart(features: Tensor.concatenate(batch: ps.map(\.features)),
-                                        logits: Tensor.concatenate(batch: ps.map(\.logits)),
+            let features = ps.compactMap(\.features), logits = ps.compactMap(\.logits)
+            guard features.isEmpty || features.count == ps.count, logits.count == features.count else {
+                throw PipelineError("the shards disagree on whether distribution metrics were computed (some have features, some not)")
+            }
+            parts.append(EvaluationPart(features: features.isEmpty ? nil : Tensor.concatenate(batch: features),
+                                        logits: logits.isEmpty ? nil : Tensor.concatenate(batch: logits),
                                         gridImages: grids.isEmpty ? nil : Tensor.concatenate(batch: grids),
                                         seconds: ps.reduce(0) { $0 + $1.seconds },
                                         peakResidentBytes: peaks.count == ps.count ? peaks.max() : nil))

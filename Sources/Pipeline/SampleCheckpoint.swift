@@ -75,8 +75,10 @@ public struct ResumableSampling {
     /// or time, so copies match and same-size rewrites do not), the network and scheduler configs, the model
     /// variant and correction, the sampler settings, n, seed and batch size, and a shard's image range.
     /// - images: the images to sample (nil: all n); the checkpoint then holds images `images.lowerBound...`.
+    /// - conditioningKey: what the conditioning depends on beyond the model, n and seed (e.g. the digest of the
+    ///   cross-attention contexts); nil when labels follow from the model and n alone.
     public init(model: PipelineModel, settings: SamplerSettings, n: Int, seed: UInt64, batch: Int, checkpointPath: String,
-                images: Range<Int>? = nil) throws {
+                images: Range<Int>? = nil, conditioningKey: String? = nil) throws {
         self.model = model; self.settings = settings; self.n = n; self.seed = seed; self.batch = batch
         let images = images ?? 0..<n
         precondition(images.lowerBound >= 0 && images.upperBound <= n && !images.isEmpty, "images \(images) outside 0..<\(n)")
@@ -90,6 +92,7 @@ public struct ResumableSampling {
             let cs = model.correctionSettings
             key += "|correction=\(cs.method.rawValue),\(cs.components.rawValue),\(cs.vscMode.rawValue)"
         }
+        if let conditioningKey { key += "|conditioning=\(conditioningKey)" }
         wholeRunKey = key
         if images != 0..<n { key += "|images=\(images.lowerBound)..<\(images.upperBound)" }
         let s = model.network.sampleShape

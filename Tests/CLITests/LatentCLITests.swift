@@ -181,4 +181,78 @@ final class LatentCLITests: CLITestCase {
         XCTAssertNotEqual(pixel.code, 0); XCTAssertTrue(pixel.err.contains("no decoder"), pixel.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("p.safetensors")))
     }
+
+    /// `ptqd evaluate` on models the Fashion-MNIST feature network cannot judge (a 4-class latent pipeline with 3×16×16
+    /// decoded images, an unconditional pixel UNet, a cross-attention UNet with --context): paired PSNR/SSIM against
+    /// fp32, cost and BOPs, no distribution metrics (the report says why). The PSNR equals the one computed here from
+    /// `ptqd sample --save-tensors` of both models (same seeds, same noise); shards merge to the same metrics.
+    func testEvaluatePairedMetricsOnAnyModel() throws {
+        let cin = fixturePath("ldm_pipe_cin_kl"), q = tmpPath("q.safetensors")
+        let made = try run(["quantize", "--model", cin, "--scheme", "w4a8", "--calib", "8", "--steps", "4", "--out", q, "--quiet"])
+        XCTAssertEqual(made.code, 0, made.err)
+        let out = tmpPath("ev")
+        let r = try run(["evaluate", "--model", cin, "--quantized", q, "--n", "8", "--batch", "4", "--steps", "4", "--out", out, "--quiet"])
+        XCTAssertEqual(r.code, 0, r.err)
+        let report = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/report.json"))) as! [String: Any]
+        let metrics = report["metrics"] as! [String: Any]
+        XCTAssertNil(metrics["fid"] as? Double, "no FID for a 4-class 3×16×16 model")
+        XCTAssertNotNil((metrics["ssim"] as? [String: Any])?["mean"] as? Double)
+        let psnr = try XCTUnwrap((metrics["psnr"] as? [String: Any])?["mean"] as? Double)
+        XCTAssertNotNil((report["cost"] as? [String: Any])?["bops_per_forward"] as? Double)
+        XCTAssertTrue((report["notes"] as! [String]).contains { $0.contains("not computed: the model's images are 3×16×16") }, "\(report["notes"]!)")
+        for f in ["report.md", "report.html", "grid.png", "report-fp32.json"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: out + "/" + f), f)
+        }
+        // The same images from `ptqd sample` (labels n/4 per class in class order, as evaluate draws them).
+        var images: [[Float]] = []
+        for (i, extra) in [[], ["--quantized", q]].enumerated() {
+            let s = try run(["sample", "--model", cin, "--n", "8", "--steps", "4", "--classes", "all", "--out", tmpPath("s\(i).png"),
+                             "--save-tensors", tmpPath("s\(i).safetensors"), "--quiet"] + extra)
+            XCTAssertEqual(s.code, 0, s.err)
+            images.append(try SafeTensorsFile(path: tmpPath("s\(i).safetensors")).floats("samples"))
+        }
+        let per = images[0].count / 8
+        func unit(_ v: Float) -> Double { (Double(min(max(v, -1), 1)) + 1) / 2 }
+        let expected = (0..<8).map { i -> Double in
+            let mse = (0..<per).map { k in pow(unit(images[0][i * per + k]) - unit(images[1][i * per + k]), 2) }.reduce(0, +) / Double(per)
+            return 10 * log10(1 / mse)
+        }.reduce(0, +) / 8
+        XCTAssertEqual(psnr, expected, accuracy: 1e-9, "evaluate's PSNR is the PSNR of sample's fp32 and quantized images")
+
+        // Unconditional pixel UNet: whole run vs 2 shards merged.
+        let uncond = fixturePath("uncond_plain_16"), uq = tmpPath("u.safetensors")
+        XCTAssertEqual(try run(["quantize", "--model", uncond, "--scheme", "w4a8", "--calib", "8", "--steps", "4", "--out", uq, "--quiet"]).code, 0)
+        let common = ["evaluate", "--model", uncond, "--quantized", uq, "--n", "6", "--steps", "4", "--quiet"]
+        XCTAssertEqual(try run(common + ["--out", tmpPath("u")]).code, 0)
+        for i in 0..<2 { XCTAssertEqual(try run(common + ["--out", tmpPath("u\(i)"), "--shard", "\(i)/2"]).code, 0) }
+        let m = try run(["merge", tmpPath("u0"), tmpPath("u1"), "--out", tmpPath("um"), "--quiet"])
+        XCTAssertEqual(m.code, 0, m.err)
+        func metricsOf(_ dir: String) throws -> NSDictionary {
+            let j = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: dir + "/report.json"))) as! [String: Any]
+            return j["metrics"] as! NSDictionary
+        }
+        XCTAssertEqual(try metricsOf(tmpPath("u")), try metricsOf(tmpPath("um")), "merged paired metrics equal the whole run's")
+        XCTAssertNotNil(try metricsOf(tmpPath("u"))["psnr"])
+        // --features where distribution metrics cannot apply is an error; nothing is written.
+        let bad = try run(["evaluate", "--model", uncond, "--n", "4", "--features", repo.appendingPathComponent("models/fmnist-features").path,
+                           "--out", tmpPath("bad")])
+        XCTAssertNotEqual(bad.code, 0); XCTAssertTrue(bad.err.contains("--metrics paired"), bad.err)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: tmpPath("bad")))
+
+        // Cross-attention UNet: needs --context; then paired metrics.
+        let ctx = tmpPath("ctx.safetensors")
+        var w = SafeTensorsWriter()
+        try w.add("context", floats: (0..<(2 * 5 * 32)).map { Float($0 % 11) * 0.05 - 0.2 }, shape: [2, 5, 32])
+        try w.add("null_context", floats: [Float](repeating: 0, count: 5 * 32), shape: [1, 5, 32])
+        try w.write(to: ctx)
+        let heads8 = fixturePath("ldm_unet_heads8"), cq = tmpPath("c.safetensors")
+        XCTAssertEqual(try run(["quantize", "--model", heads8, "--scheme", "w8a8", "--calib", "2", "--steps", "4", "--calib-context", ctx,
+                                "--out", cq, "--quiet"]).code, 0)
+        let noContext = try run(["evaluate", "--model", heads8, "--quantized", cq, "--n", "2", "--steps", "4", "--out", tmpPath("c0")])
+        XCTAssertNotEqual(noContext.code, 0); XCTAssertTrue(noContext.err.contains("--context"), noContext.err)
+        let withContext = try run(["evaluate", "--model", heads8, "--quantized", cq, "--n", "2", "--steps", "4", "--context", ctx,
+                                   "--out", tmpPath("c1"), "--quiet"])
+        XCTAssertEqual(withContext.code, 0, withContext.err)
+        XCTAssertTrue(withContext.out.contains("PSNR vs FP") && withContext.out.contains("conditioned on cross-attention contexts"), withContext.out)
+    }
 }

@@ -177,7 +177,21 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(p.psnrSummary.cappedCount, 2)
         XCTAssertEqual(p.ssim[0], 1, accuracy: 1e-12)
         XCTAssertLessThan(p.ssim[3], 1)
-        XCTAssertLessThan(p.ssimSummary.p5, p.ssimSummary.mean)
+        XCTAssertLessThan(try XCTUnwrap(p.ssimSummary).p5, try XCTUnwrap(p.ssimSummary).mean)
+    }
+
+    /// Images smaller than SSIM's 11×11 window get PSNR only (an empty SSIM list, no summary), not an error.
+    func testPairedMetricsWithoutSSIMOnSmallImages() throws {
+        let a = Tensor(shape: [2, 8, 8, 3])
+        for i in 0..<a.count { a.data[i] = Float(i % 13) / 7 - 1 }
+        let b = a.copy()
+        b.data[0] += 0.5
+        let p = try PairedMetrics.evaluate(reference: a, test: b)
+        XCTAssertEqual(p.psnr.count, 2)
+        XCTAssertTrue(p.ssim.isEmpty)
+        XCTAssertNil(p.ssimSummary)
+        XCTAssertEqual(p.psnr[1], .infinity)
+        XCTAssertThrowsError(try PairedMetrics(psnr: [1, 2], ssim: [1]))
     }
 
     func testJSONRoundTripAndMarkdown() throws {
