@@ -93,8 +93,10 @@ struct Evaluate: ParsableCommand {
         let conditional: Bool
         /// Real classes of a class-conditional model; 0 for unconditional and context-conditioned models.
         let classes: Int
-        /// Per-image labels (n/classes per class, in class order) of a class-conditional model.
+        /// Per-image labels of a class-conditional model: n/classes per class in class order (`balanced`), or
+        /// image i gets class i mod classes (paired-only runs with n not a multiple of the classes).
         let labels: [Int]?
+        let balanced: Bool
         /// Per-image contexts `[n, L, D]` of a cross-attention model.
         let contexts: Tensor?
         /// What the conditioning depends on beyond the model and n (the contexts' digest), for the sample checkpoints.
@@ -144,7 +146,6 @@ struct Evaluate: ParsableCommand {
             guard classes > 0 else {
                 throw ValidationError("this model takes class labels but has no class table (identity class embedding): evaluate cannot choose labels for it")
             }
-            labels = try balancedLabels(n: n, classes: classes)
         }
         // Distribution metrics: only where the feature network measures what it was trained on. The evaluation
         // side is loaded before sampling so a missing dataset fails first.
@@ -153,7 +154,7 @@ struct Evaluate: ParsableCommand {
         var distribution: Distribution? = nil
         if metrics == .paired {
             reason = "--metrics paired"
-        } else if labels == nil {
+        } else if classes == 0 {
             reason = "the model is \(contexts != nil ? "conditioned on cross-attention contexts" : "unconditional"); the feature network measures class-conditional 1×32×32 Fashion-MNIST samples"
         } else if image != [32, 32, 1] {
             reason = "the model's images are \(image[2])×\(image[0])×\(image[1]) (C×H×W); the feature network takes 1×32×32"
@@ -171,8 +172,12 @@ struct Evaluate: ParsableCommand {
         if let reason, metrics == .auto, features != nil {
             throw ValidationError("--features was given but distribution metrics do not apply: \(reason); drop it or pass --metrics paired")
         }
+        // Labels: n/classes per class in class order; a paired-only run with n not a multiple of the classes (e.g.
+        // a few images of a 1,000-class model) cycles through the classes instead.
+        let balanced = classes > 0 && (distribution != nil || n % classes == 0)
+        if balanced { labels = try balancedLabels(n: n, classes: classes) } else if classes > 0 { labels = (0..<n).map { $0 % classes } }
         let grid: [Int], columns: Int
-        if let labels {
+        if balanced {
             let perClass = n / classes
             columns = min(perClass, 10)
             grid = (0..<classes).flatMap { c in (c * perClass)..<(c * perClass + columns) }
@@ -181,8 +186,8 @@ struct Evaluate: ParsableCommand {
             columns = max(1, Int(Double(shown).squareRoot().rounded(.up)))
             grid = Array(0..<shown)
         }
-        let rowNames = labels == nil ? nil : FeatureNetwork.rowNames(distribution?.network.config.classes ?? bundledClassNames(fp), count: classes)
-        return Context(fp: fp, q: q, settings: settings, conditional: space.isConditional, classes: classes, labels: labels,
+        let rowNames = !balanced ? nil : FeatureNetwork.rowNames(distribution?.network.config.classes ?? bundledClassNames(fp), count: classes)
+        return Context(fp: fp, q: q, settings: settings, conditional: space.isConditional, classes: classes, labels: labels, balanced: balanced,
                        contexts: contexts, conditioningKey: conditioningKey, distribution: distribution, pairedOnlyReason: reason,
                        gridIndices: grid, gridColumns: columns, rowNames: rowNames)
     }
@@ -362,7 +367,7 @@ struct Evaluate: ParsableCommand {
         var pairs: [(String, String)] = [("model", fp.path)]
         if let q { pairs.append(("quantized file", q.path)); pairs.append(("quantized model", q.displayName)) }
         pairs += [("setting", main.setting.name), ("sampler", settings.summary + (cx.conditional ? "" : " (unconditional: guidance does not apply)")),
-                  (cx.labels != nil ? "n (images, equal per class)" : "n (images)", "\(n)"), ("seed", "\(seed)"),
+                  (cx.balanced ? "n (images, equal per class)" : cx.labels != nil ? "n (images; image i has class i mod \(cx.classes))" : "n (images)", "\(n)"), ("seed", "\(seed)"),
                   ("threads", "\(runtime.threads)")]
         if let c = context { pairs.append(("contexts", c)) }
         pairs.append(("metrics", cx.pairedOnlyReason.map { "paired and cost only (\($0))" } ?? "distribution, paired and cost"))
@@ -376,7 +381,7 @@ struct Evaluate: ParsableCommand {
         page.table(header: t.header, rows: t.rows)
         for (label, r) in cols { if let byN = r.metricsByNTable { page.table(header: byN.header, rows: byN.rows, caption: "\(label): metrics on class-balanced prefixes") } }
         page.heading("Samples")
-        let layout = cx.labels != nil ? "one row per class" : "the first \(cx.gridIndices.count) images"
+        let layout = cx.balanced ? "one row per class" : "the first \(cx.gridIndices.count) images"
         page.image(png: gridPNG, alt: "generated samples, \(layout)",
                    caption: q == nil ? "fp32 samples, \(layout)." : "fp32 (left) and \(q!.displayName) (right) from the same noise and conditioning, \(layout).")
         if let p = fidPlot { page.heading("FID against n"); try page.plot(p, id: "fid") }
@@ -432,6 +437,9 @@ struct Evaluate: ParsableCommand {
         report.metricsByN = byN
         if let reason = cx.pairedOnlyReason {
             report.notes.append("Distribution metrics (FID, IS, precision/recall) not computed: \(reason).")
+        }
+        if cx.labels != nil && !cx.balanced {
+            report.notes.append("Labels: n = \(n) is not a multiple of the \(cx.classes) classes, so image i has class i mod \(cx.classes).")
         }
         if let dist {
             report.notes.append("Classifier agreement with the requested labels: \(String(format: "%.1f%%", 100 * (dist.labelAccuracy ?? 0))).")
