@@ -30,6 +30,7 @@ struct kernel_table {
     void (*quantize_u8)(const float *, uint8_t *, long, float, float, float);
     void (*fake_quantize)(float *, long, float, float, float, float);
     void (*f32_to_bf16)(const float *, uint16_t *, long);
+    void (*affine_quantize_u8)(const float *, uint8_t *, long, const float *, const float *, int, float, float, float);
 };
 
 #define TARGET
@@ -110,3 +111,7 @@ void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, 
 }
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s) { active->fake_quantize(x, n, inv, z, hi, s); }
 void ptqd_f32_to_bf16(const float *x, uint16_t *dst, long n) { active->f32_to_bf16(x, dst, n); }
+void ptqd_affine_quantize_u8(const float *x, uint8_t *dst, long n, const float *a, const float *b, int silu, float inv,
+                             float z, float hi) {
+    active->affine_quantize_u8(x, dst, n, a, b, silu, inv, z, hi);
+}

@@ -35,27 +35,32 @@ final class ResnetBlock {
     var layers: [WeightLayer] { [conv1] + (timeProj.map { [$0] } ?? []) + [conv2] + (shortcut.map { [$0] } ?? []) }
 
     /// - x: `[N, H, W, Cin]`; tembSiLU: `SiLU(temb)` `[N, tembChannels]` (nil for blocks without a time embedding).
+    /// GroupNorm+SiLU reach conv1 and conv2 as a ``ChannelAffine``: an integer conv applies it while quantizing its
+    /// input (no normalized fp32 tensor is written), an fp32 conv materializes it (same values either way).
     func callAsFunction(_ x0: Tensor, tembSiLU: Tensor?) -> Tensor {
         var x = x0
-        var h = norm1(x, silu: true)
+        let a1 = norm1.affine(x, silu: true)
+        var h: Tensor
         switch resample {
-        case .none: break
-        case .up: x = Ops.upsampleNearest2x(x); h = Ops.upsampleNearest2x(h)
-        case .down: x = Ops.avgPool2x(x); h = Ops.avgPool2x(h)
+        case .none: h = conv1(a1)
+        case .up:
+            x = Ops.upsampleNearest2x(x)
+            // Nearest upsampling commutes with the per-channel map: upsample the source when conv1 fuses the map.
+            h = conv1.kernel.fusesChannelAffine ? conv1(a1.upsampledNearest2x()) : conv1(Ops.upsampleNearest2x(a1.materialize()))
+        case .down: x = Ops.avgPool2x(x); h = conv1(Ops.avgPool2x(a1.materialize()))
         }
-        h = conv1(h)
         if let timeProj, let tembSiLU {
             let t = timeProj(tembSiLU)
             if scaleShift {
                 h = norm2(h)
                 Ops.scaleShiftInPlace(h, t, silu: true)
+                h = conv2(h)
             } else {
-                h = norm2(h, preAdd: t, silu: true)
+                h = conv2(norm2.affine(h, preAdd: t, silu: true))
             }
         } else {
-            h = norm2(h, silu: true)
+            h = conv2(norm2.affine(h, silu: true))
         }
-        h = conv2(h)
         let skip = shortcut.map { $0(x) } ?? x
         return Ops.residual(skip, h, divisor: outputScale)
     }
@@ -90,8 +95,14 @@ final class AttentionBlock {
     func callAsFunction(_ x: Tensor) -> Tensor {
         let (n, hh, ww) = (x.shape[0], x.shape[1], x.shape[2])
         let t = hh * ww
-        let h = norm.map { $0(x) } ?? x
-        let q = toQ(h), k = toK(h), v = toV(h)                      // [N, H, W, inner] = [N, T, inner]
+        let q: Tensor, k: Tensor, v: Tensor                         // [N, H, W, inner] = [N, T, inner]
+        if let norm, [toQ, toK, toV].allSatisfy({ $0.kernel.fusesChannelAffine }) {
+            let a = norm.affine(x)  // each integer projection normalizes while it quantizes
+            (q, k, v) = (toQ(a), toK(a), toV(a))
+        } else {
+            let h = norm.map { $0(x) } ?? x
+            (q, k, v) = (toQ(h), toK(h), toV(h))
+        }
         let o = attention(q: q, k: k, v: v, batch: n, queries: t, keys: t)
         return Ops.residual(toOut(o.reshaped([n, hh, ww, heads * headDim])), x, divisor: rescale)
     }

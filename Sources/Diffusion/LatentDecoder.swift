@@ -178,6 +178,6 @@ public final class LatentDecoder {
             for r in level.resnets { h = r(h, tembSiLU: nil) }
             if let u = level.upsample { h = u(Ops.upsampleNearest2x(h)) }
         }
-        return convOut(normOut(h, silu: true))
+        return convOut(normOut.affine(h, silu: true))
     }
 }

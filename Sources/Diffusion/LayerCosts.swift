@@ -57,6 +57,8 @@ public struct LayerCosts: Sendable {
             init(_ inner: WeightLayerKernel) { self.inner = inner }
             var isPure: Bool { false }
             func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
+            func forward(_ x: ChannelAffine) -> Tensor { inputShape = x.shape; return inner.forward(x) }
+            var fusesChannelAffine: Bool { inner.fusesChannelAffine }
         }
         let originals = layers.map(\.kernel)
         let counters = originals.map(Counter.init)

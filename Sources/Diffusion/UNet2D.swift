@@ -258,8 +258,7 @@ public final class UNet2D: Denoiser {
             if let u = b.up { h = u(h) }
             if let u = b.upResnet { h = u(h, tembSiLU: tembSiLU) }
         }
-        h = normOut(h, silu: true)
-        return convOut(h)
+        return convOut(normOut.affine(h, silu: true))
     }
 }
 

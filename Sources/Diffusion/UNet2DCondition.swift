@@ -122,8 +122,9 @@ final class Transformer2D {
     /// x `[N, H, W, C]`, context `[N, L, D]` → `[N, H, W, C]`. (NHWC: a 1×1 conv and a Linear act on the same rows.)
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
         let (n, hh, ww, c) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
-        let normed = norm(x)
-        var h = linear ? projIn(normed.reshaped([n * hh * ww, c])) : projIn(normed)
+        // NHWC rows: the 1×1 conv and the Linear read the same [N·H·W, C] values.
+        let normed = norm.affine(x)
+        var h = !linear || projIn.kernel.fusesChannelAffine ? projIn(normed) : projIn(normed.materialize().reshaped([n * hh * ww, c]))
         h = block(h.reshaped([n, hh * ww, c]), context: context)
         let out = linear ? projOut(h.reshaped([n * hh * ww, c])) : projOut(h.reshaped([n, hh, ww, c]))
         return Ops.residual(out.reshaped(x.shape), x, divisor: 1)
@@ -280,8 +281,7 @@ public final class UNet2DCondition: Denoiser {
             }
             if let u = level.resample { h = u(Ops.upsampleNearest2x(h)) }
         }
-        h = normOut(h, silu: true)
-        return convOut(h)
+        return convOut(normOut.affine(h, silu: true))
     }
 }
 

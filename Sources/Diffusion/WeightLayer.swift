@@ -16,10 +16,18 @@ public protocol WeightLayerKernel: AnyObject {
     /// Whether the output depends only on the input (true for compute kernels). Observers and counters that
     /// must see every call return false, so callers never skip them by reusing an earlier output.
     var isPure: Bool { get }
+    /// The layer on a normalized activation not yet written (GroupNorm's affine, + SiLU). Kernels that quantize
+    /// their input apply it while quantizing (same bytes as quantizing `x.materialize()`); the default materializes.
+    func forward(_ x: ChannelAffine) -> Tensor
+    /// Whether `forward(_: ChannelAffine)` saves work over materializing (callers feeding several layers from one
+    /// normalization materialize once unless every consumer fuses).
+    var fusesChannelAffine: Bool { get }
 }
 
 extension WeightLayerKernel {
     public var isPure: Bool { true }
+    public func forward(_ x: ChannelAffine) -> Tensor { forward(x.materialize()) }
+    public var fusesChannelAffine: Bool { false }
 }
 
 extension FloatConv2D: WeightLayerKernel {}
@@ -96,6 +104,10 @@ public final class WeightLayer {
     /// Runs the layer.
     @inline(__always)
     public func callAsFunction(_ x: Tensor) -> Tensor { kernel.forward(x) }
+
+    /// Runs the layer on a normalized activation (fused into the kernel's input pass where it quantizes it).
+    @inline(__always)
+    public func callAsFunction(_ x: ChannelAffine) -> Tensor { kernel.forward(x) }
 
     /// A fresh fp32 kernel for this layer (e.g. to restore full precision).
     public func makeFloatKernel() -> WeightLayerKernel {

@@ -113,6 +113,12 @@ public struct GroupNormParams {
     func callAsFunction(_ x: Tensor, preAdd: Tensor? = nil, silu: Bool = false) -> Tensor {
         Ops.groupNorm(x, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu)
     }
+
+    /// The normalization as a ``ChannelAffine`` for the layer that consumes it (statistics only; see
+    /// ``Ops/groupNormAffine(_:groups:gamma:beta:eps:preAdd:silu:)``).
+    func affine(_ x: Tensor, preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
+        Ops.groupNormAffine(x, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu)
+    }
 }
 
 /// LayerNorm's parameters over the last dimension: `gamma`, `beta` are `[D]`.

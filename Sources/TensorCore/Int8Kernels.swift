@@ -131,7 +131,16 @@ public final class Int8Conv2D: @unchecked Sendable {
     /// Whether any part runs with hi/lo duplicated weights (2× integer work).
     public var usesDuplicatedWeights: Bool { parts.contains { $0.duplicated } }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil) }
+
+    /// The convolution of a normalized activation: GroupNorm's affine (+ SiLU) is applied while writing the padded
+    /// u8 input, so the normalized fp32 tensor is never written. Same result as `forward(x.materialize())`, bit for bit.
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x) }
+
+    public var fusesChannelAffine: Bool { true }
+
+    /// - affine: when given, `x` is its source and each value is mapped (per sample and channel) before quantizing.
+    private func run(_ x: Tensor, affine: ChannelAffine?) -> Tensor {
         let g = geometry
         precondition(x.shape.count == 4 && x.shape[3] == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
         let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
@@ -139,6 +148,10 @@ public final class Int8Conv2D: @unchecked Sendable {
         let (n, h, w) = (key.n, key.h, key.w)
         let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
         let y = Tensor(uninitialized: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
+        // Raw pointers: the per-pixel loop must not retain the affine's tensors.
+        let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
+        let silu = affine?.silu ?? false
+        let src0 = UnsafePointer(x.data)
         for (part, pp) in zip(parts, plan) {
             let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
             let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
@@ -154,8 +167,13 @@ public final class Int8Conv2D: @unchecked Sendable {
                         let dst = rowBase + px * rc
                         let ix = px - g.padLeft
                         if ix < 0 || ix >= w { dst.update(repeating: z, count: rc); continue }
-                        let src = x.data + ((b * h + iy) * w + ix) * g.inChannels + c0
-                        part.quant.quantize(src, dst, count: cp)
+                        let src = src0 + ((b * h + iy) * w + ix) * g.inChannels + c0
+                        if let affScale, let affShift {
+                            let k = b * g.inChannels + c0
+                            part.quant.quantize(src, dst, count: cp, scale: affScale + k, shift: affShift + k, silu: silu)
+                        } else {
+                            part.quant.quantize(src, dst, count: cp)
+                        }
                         if part.duplicated { (dst + cp).update(from: dst, count: cp) }
                     }
                 }
@@ -227,9 +245,21 @@ public final class Int8Linear: @unchecked Sendable {
 
     public var usesDuplicatedWeights: Bool { part.duplicated }
 
-    public func forward(_ x: Tensor) -> Tensor {
+    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil) }
+
+    /// The layer on a normalized activation `[N, T, inFeatures]` (rows of sample i use its scale and shift), applied
+    /// while quantizing the rows. Same result as `forward(x.materialize())`, bit for bit.
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x) }
+
+    public var fusesChannelAffine: Bool { true }
+
+    private func run(_ x: Tensor, affine: ChannelAffine?) -> Tensor {
         precondition(x.shape.last == inFeatures, "int8 linear expects last dim \(inFeatures), got \(x.shape)")
         let m = x.count / inFeatures
+        let rowsPerSample = affine.map { $0.pixelsPerSample } ?? 1
+        let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
+        let silu = affine?.silu ?? false
+        let src0 = UnsafePointer(x.data)
         let plan = plans[m] ?? makePlan(m)
         let rc = part.runChannels, k = inFeatures
         let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: m * rc)
@@ -237,7 +267,12 @@ public final class Int8Linear: @unchecked Sendable {
         Parallel.forEachChunk(m, minChunk: 64) { rows in
             for r in rows {
                 let dst = buf + r * rc
-                part.quant.quantize(x.data + r * k, dst, count: k)
+                if let affScale, let affShift {
+                    let off = (r / rowsPerSample) * k
+                    part.quant.quantize(src0 + r * k, dst, count: k, scale: affScale + off, shift: affShift + off, silu: silu)
+                } else {
+                    part.quant.quantize(src0 + r * k, dst, count: k)
+                }
                 if part.duplicated { (dst + k).update(from: dst, count: k) }
             }
         }

@@ -32,53 +32,64 @@ public enum Ops {
     /// - returns the normalized tensor, same shape.
     public static func groupNorm(_ x: Tensor, groups: Int, gamma: [Float], beta: [Float], eps: Float,
                                  preAdd: Tensor? = nil, silu: Bool = false) -> Tensor {
+        groupNormAffine(x, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu).materialize()
+    }
+
+    /// Group normalization as a ``ChannelAffine`` on `x`: the statistics pass only (the preAdd folded into the
+    /// shift); the consumer applies it (``ChannelAffine/materialize()`` gives ``groupNorm(_:groups:gamma:beta:eps:preAdd:silu:)``).
+    /// Statistics: per-channel Float sums over blocks of 64 pixels (threads split samples × blocks), folded into
+    /// Double in block order, then per group mean and biased variance in Double.
+    public static func groupNormAffine(_ x: Tensor, groups: Int, gamma: [Float], beta: [Float], eps: Float,
+                                       preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
         let n = x.shape[0], c = x.shape.last!
         let hw = x.count / (n * c)
         precondition(c % groups == 0, "GroupNorm: \(c) channels not divisible by \(groups) groups")
         precondition(gamma.count == c && beta.count == c, "GroupNorm affine size")
         if let p = preAdd { precondition(p.shape == [n, c], "GroupNorm preAdd must be [\(n), \(c)], got \(p.shape)") }
-        let y = Tensor(uninitialized: x.shape)
         let cg = c / groups
-        Parallel.forEachChunk(n) { range in
-            // Per-channel partial sums in Float over 64-pixel blocks, folded into Double.
-            let scratch = UnsafeMutablePointer<Float>.allocate(capacity: 4 * c)
-            let dsum = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
-            defer { scratch.deallocate(); dsum.deallocate() }
-            let fs = scratch, fq = scratch + c, a = scratch + 2 * c, b = scratch + 3 * c
-            let s = dsum, q = dsum + c
-            for bi in range {
-                let base = x.data + bi * hw * c
-                s.update(repeating: 0, count: 2 * c)
-                var p = 0
-                while p < hw {
-                    let end = min(p + 64, hw)
-                    fs.update(repeating: 0, count: 2 * c)
-                    ptqd_channel_sums(base + p * c, end - p, c, fs, fq)
-                    for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fq[i]) }
-                    p = end
-                }
-                let count = Double(hw * cg)
-                let pre = preAdd.map { $0.data + bi * c }
-                for g in 0..<groups {
-                    var sum = 0.0, sq = 0.0
-                    for i in (g * cg)..<((g + 1) * cg) {
-                        let t = pre.map { Double($0[i]) } ?? 0
-                        sum += s[i] + Double(hw) * t
-                        sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
-                    }
-                    let mean = sum / count
-                    let variance = max(sq / count - mean * mean, 0)
-                    let inv = 1 / (variance + Double(eps)).squareRoot()
-                    for i in (g * cg)..<((g + 1) * cg) {
-                        let t = pre.map { Double($0[i]) } ?? 0
-                        a[i] = Float(inv * Double(gamma[i]))
-                        b[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
-                    }
-                }
-                ptqd_channel_affine(base, y.data + bi * hw * c, hw, c, a, b, silu ? 1 : 0)
+        let blocks = max((hw + 63) / 64, 1)
+        // Float sums and sums of squares of every (sample, block): [N, blocks, 2, C].
+        let partial = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks * 2 * c)
+        defer { partial.deallocate() }
+        partial.update(repeating: 0, count: n * blocks * 2 * c)
+        Parallel.forEachChunk(n * blocks, minChunk: 2) { range in
+            for job in range {
+                let b = job / blocks, p0 = (job % blocks) * 64, p1 = min(p0 + 64, hw)
+                let fs = partial + job * 2 * c
+                if p1 > p0 { ptqd_channel_sums(x.data + (b * hw + p0) * c, p1 - p0, c, fs, fs + c) }
             }
         }
-        return y
+        let scale = Tensor(uninitialized: [n, c]), shift = Tensor(uninitialized: [n, c])
+        let s = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+        defer { s.deallocate() }
+        let q = s + c
+        for bi in 0..<n {
+            s.update(repeating: 0, count: 2 * c)
+            for blk in 0..<blocks {
+                let fs = partial + (bi * blocks + blk) * 2 * c
+                for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fs[c + i]) }
+            }
+            let count = Double(hw * cg)
+            let pre = preAdd.map { $0.data + bi * c }
+            let a = scale.data + bi * c, sh = shift.data + bi * c
+            for g in 0..<groups {
+                var sum = 0.0, sq = 0.0
+                for i in (g * cg)..<((g + 1) * cg) {
+                    let t = pre.map { Double($0[i]) } ?? 0
+                    sum += s[i] + Double(hw) * t
+                    sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
+                }
+                let mean = sum / count
+                let variance = max(sq / count - mean * mean, 0)
+                let inv = 1 / (variance + Double(eps)).squareRoot()
+                for i in (g * cg)..<((g + 1) * cg) {
+                    let t = pre.map { Double($0[i]) } ?? 0
+                    a[i] = Float(inv * Double(gamma[i]))
+                    sh[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
+                }
+            }
+        }
+        return ChannelAffine(source: x, scale: scale, shift: shift, silu: silu)
     }
 
     /// Row-wise softmax of `scale·x` in place: `x` is `[rows, length]`.

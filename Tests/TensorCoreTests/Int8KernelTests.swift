@@ -53,6 +53,50 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// GroupNorm (+ SiLU) fed to an integer layer as a `ChannelAffine`: the kernel normalizes while it writes its u8
+    /// input, and the output is bit-identical to running it on the materialized tensor — every conv case above (padding,
+    /// stride 2, skip-concat parts, hi/lo duplicated weights), an upsampled activation, and the linear on token rows —
+    /// on every kernel ISA variant this CPU has.
+    func testFusedNormalizedInputIsBitIdentical() {
+        var r = LCG(s: 11)
+        let cases: [(Conv2DGeometry, [Int], Int?, Int)] = [
+            (.init(inChannels: 8, outChannels: 16, kernel: 3, stride: 1, padding: 1), [2, 9, 7, 8], nil, 4),
+            (.init(inChannels: 24, outChannels: 8, kernel: 3, stride: 1, padding: 1), [1, 8, 8, 24], 16, 8),
+            (.init(inChannels: 40, outChannels: 12, kernel: 1), [3, 5, 5, 40], 8, 5),
+            (.init(inChannels: 16, outChannels: 16, kernelH: 3, kernelW: 3, stride: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1), [2, 6, 6, 16], nil, 4),
+        ]
+        func same(_ a: Tensor, _ b: Tensor) -> Bool { a.shape == b.shape && a.array.elementsEqual(b.array) { $0.bitPattern == $1.bitPattern } }
+        for isa in KernelISA.supported {
+            KernelISA.with(isa) {
+                for (i, (g, shape, split, groups)) in cases.enumerated() {
+                    let x = tensor(shape, &r, lo: -2, hi: 3)
+                    let c = g.inChannels
+                    let gamma = (0..<c).map { _ in 0.5 + r.uniform() }, beta = (0..<c).map { _ in r.uniform() - 0.5 }
+                    let pre = tensor([shape[0], c], &r, lo: -1, hi: 1)
+                    let q = ints(g.weightCount, bits: 8, &r)
+                    let ws = (0..<g.outChannels).map { _ in 0.01 + 0.02 * r.uniform() }
+                    let aq = (0..<(split == nil ? 1 : 2)).map { p in ActivationQuantization(lo: -0.4 - Float(p), hi: 2.5, bits: 8)! }
+                    for force: Bool? in [nil, true] {
+                        let k = Int8Conv2D(geometry: g, weights: q, weightScales: ws, bias: nil, inputs: aq, split: split, forceDuplicate: force)
+                        for silu in [false, true] {
+                            let a = Ops.groupNormAffine(x, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, preAdd: pre, silu: silu)
+                            XCTAssertTrue(same(k.forward(a), k.forward(a.materialize())), "\(isa) case \(i) silu \(silu) force \(String(describing: force))")
+                            let up = a.upsampledNearest2x()
+                            XCTAssertTrue(same(up.materialize(), Ops.upsampleNearest2x(a.materialize())), "\(isa) upsampled activation, case \(i)")
+                            XCTAssertTrue(same(k.forward(up), k.forward(Ops.upsampleNearest2x(a.materialize()))), "\(isa) upsampled, case \(i)")
+                        }
+                    }
+                }
+                let (n, t, kf, o) = (3, 13, 40, 24)
+                let x = tensor([n, t, kf], &r, lo: -2, hi: 2)
+                let a = Ops.groupNormAffine(x, groups: 8, gamma: (0..<kf).map { _ in r.uniform() + 0.5 }, beta: (0..<kf).map { _ in r.uniform() }, eps: 1e-6)
+                let lin = Int8Linear(inFeatures: kf, outFeatures: o, weights: ints(kf * o, bits: 8, &r), weightScales: (0..<o).map { _ in 0.01 + 0.01 * r.uniform() },
+                                     bias: (0..<o).map { _ in r.uniform() }, input: ActivationQuantization(lo: -3, hi: 3, bits: 8)!)
+                XCTAssertTrue(same(lin.forward(a), lin.forward(a.materialize())), "\(isa) linear on normalized token rows")
+            }
+        }
+    }
+
     func testLinearMatchesReference() {
         var r = LCG(s: 3)
         for bits in [4, 8] {

@@ -52,6 +52,26 @@ final class KernelISATests: XCTestCase {
             var ints = [UInt8](repeating: 0, count: values.count)
             values.withUnsafeBufferPointer { src in ints.withUnsafeMutableBufferPointer { q.quantize(src.baseAddress!, $0.baseAddress!, count: values.count) } }
             out.append(ints.map(Float.init))
+            // GroupNorm's affine + SiLU fused into the quantizer: the bytes of quantizing the materialized values.
+            for c in [13, 40] {
+                let x = random([2, 7, 5, c], seed: UInt64(c + bits), scale: 2, offset: 0.3)
+                for silu in [false, true] {
+                    let affine = Ops.groupNormAffine(x, groups: 1, gamma: random([c], seed: 5).array, beta: random([c], seed: 6).array,
+                                                     eps: 1e-5, preAdd: random([2, c], seed: 7), silu: silu)
+                    let m = affine.materialize()
+                    var fused = [UInt8](repeating: 0, count: x.count), plain = fused
+                    let hw = 35
+                    for b in 0..<2 {
+                        for p in 0..<hw {
+                            let off = (b * hw + p) * c
+                            fused.withUnsafeMutableBufferPointer { q.quantize(x.data + off, $0.baseAddress! + off, count: c, scale: affine.scale.data + b * c, shift: affine.shift.data + b * c, silu: silu) }
+                            plain.withUnsafeMutableBufferPointer { q.quantize(m.data + off, $0.baseAddress! + off, count: c) }
+                        }
+                    }
+                    XCTAssertEqual(fused, plain, "\(KernelISA.active): fused affine quantizer differs from materialize + quantize (\(bits) bits, C \(c), silu \(silu))")
+                    out.append(fused.map(Float.init))
+                }
+            }
             let fake = ActivationQuantization.fakeQuantize(Tensor(shape: [values.count, 1], values: values), parts: [(0..<1, q)])
             out.append(fake.array)
             XCTAssertEqual(ints, values.map(q.referenceLevel), "\(KernelISA.active) quantizer vs referenceLevel, \(bits) bits")

@@ -55,6 +55,10 @@ void ptqd_residual(float *dst, const float *a, const float *b, long n, float div
 void ptqd_scale(float *x, long n, float s);
 /// dst[i] = clamp(round_half_even(x[i]·inv) + z, 0, hi) as u8 (z, hi integers in 0...255).
 void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, float hi);
+/// dst[i] = quantize_u8(y) with y = x[i]·a[i] + b[i], then SiLU if `silu`: GroupNorm's affine pass fused with the
+/// activation quantizer; the same bytes as ptqd_channel_affine followed by ptqd_quantize_u8.
+void ptqd_affine_quantize_u8(const float *x, uint8_t *dst, long n, const float *a, const float *b, int silu, float inv,
+                             float z, float hi);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 /// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
