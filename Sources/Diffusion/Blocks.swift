@@ -126,5 +126,5 @@ final class Upsample {
     init(_ s: WeightStore, _ p: String, channels c: Int) throws {
         conv = try s.conv("\(p).conv", role: .conv, .k3(c, c))
     }
-    func callAsFunction(_ x: Tensor) -> Tensor { conv(Ops.upsampleNearest2x(x)) }
+    func callAsFunction(_ x: Tensor) -> Tensor { conv.upsampledNearest2x(x) }
 }

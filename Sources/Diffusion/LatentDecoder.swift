@@ -176,7 +176,7 @@ public final class LatentDecoder {
         h = midResnet2(h, tembSiLU: nil)
         for level in levels {
             for r in level.resnets { h = r(h, tembSiLU: nil) }
-            if let u = level.upsample { h = u(Ops.upsampleNearest2x(h)) }
+            if let u = level.upsample { h = u.upsampledNearest2x(h) }
         }
         return convOut(normOut.affine(h, silu: true))
     }

@@ -58,6 +58,10 @@ public struct LayerCosts: Sendable {
             var isPure: Bool { false }
             func forward(_ x: Tensor) -> Tensor { inputShape = x.shape; return inner.forward(x) }
             func forward(_ x: ChannelAffine) -> Tensor { inputShape = x.shape; return inner.forward(x) }
+            func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor {
+                inputShape = [x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]]
+                return inner.forwardUpsampledNearest2x(x)
+            }
             var fusesChannelAffine: Bool { inner.fusesChannelAffine }
         }
         let originals = layers.map(\.kernel)

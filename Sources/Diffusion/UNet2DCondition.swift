@@ -279,7 +279,7 @@ public final class UNet2DCondition: Denoiser {
                 h = r(Ops.concatChannels(h, skips.removeLast()), tembSiLU: temb)
                 if j < level.attentions.count { h = level.attentions[j](h, context: context) }
             }
-            if let u = level.resample { h = u(Ops.upsampleNearest2x(h)) }
+            if let u = level.resample { h = u.upsampledNearest2x(h) }
         }
         return convOut(normOut.affine(h, silu: true))
     }

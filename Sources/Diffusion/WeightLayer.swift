@@ -22,12 +22,15 @@ public protocol WeightLayerKernel: AnyObject {
     /// Whether `forward(_: ChannelAffine)` saves work over materializing (callers feeding several layers from one
     /// normalization materialize once unless every consumer fuses).
     var fusesChannelAffine: Bool { get }
+    /// The layer on `x` upsampled ×2 (nearest); integer convs read `x` directly (same values), the default upsamples.
+    func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor
 }
 
 extension WeightLayerKernel {
     public var isPure: Bool { true }
     public func forward(_ x: ChannelAffine) -> Tensor { forward(x.materialize()) }
     public var fusesChannelAffine: Bool { false }
+    public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { forward(Ops.upsampleNearest2x(x)) }
 }
 
 extension FloatConv2D: WeightLayerKernel {}
@@ -108,6 +111,10 @@ public final class WeightLayer {
     /// Runs the layer on a normalized activation (fused into the kernel's input pass where it quantizes it).
     @inline(__always)
     public func callAsFunction(_ x: ChannelAffine) -> Tensor { kernel.forward(x) }
+
+    /// Runs the layer on `x` upsampled ×2 (nearest): `[N, H, W, C]` read as `[N, 2H, 2W, C]`.
+    @inline(__always)
+    public func upsampledNearest2x(_ x: Tensor) -> Tensor { kernel.forwardUpsampledNearest2x(x) }
 
     /// A fresh fp32 kernel for this layer (e.g. to restore full precision).
     public func makeFloatKernel() -> WeightLayerKernel {

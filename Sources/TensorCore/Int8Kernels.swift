@@ -131,19 +131,27 @@ public final class Int8Conv2D: @unchecked Sendable {
     /// Whether any part runs with hi/lo duplicated weights (2× integer work).
     public var usesDuplicatedWeights: Bool { parts.contains { $0.duplicated } }
 
-    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil) }
+    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: false) }
+
+    /// The convolution of `x` upsampled ×2 (nearest), read from `x` while writing the padded u8 input: the same
+    /// result as `forward(Ops.upsampleNearest2x(x))` without writing the 4× larger fp32 tensor.
+    /// - x: `[N, H, W, inChannels]`; returns `[N, OH(2H), OW(2W), outChannels]`.
+    public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: true) }
 
     /// The convolution of a normalized activation: GroupNorm's affine (+ SiLU) is applied while writing the padded
     /// u8 input, so the normalized fp32 tensor is never written. Same result as `forward(x.materialize())`, bit for bit.
-    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x) }
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, upsample: false) }
 
     public var fusesChannelAffine: Bool { true }
 
     /// - affine: when given, `x` is its source and each value is mapped (per sample and channel) before quantizing.
-    private func run(_ x: Tensor, affine: ChannelAffine?) -> Tensor {
+    /// - upsample: the input is `x` upsampled ×2 (nearest): input pixel (iy, ix) reads x at (iy/2, ix/2).
+    private func run(_ x: Tensor, affine: ChannelAffine?, upsample: Bool) -> Tensor {
         let g = geometry
         precondition(x.shape.count == 4 && x.shape[3] == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
-        let key = Key(n: x.shape[0], h: x.shape[1], w: x.shape[2])
+        let (sh, sw) = (x.shape[1], x.shape[2])
+        let up = upsample ? 1 : 0
+        let key = Key(n: x.shape[0], h: sh << up, w: sw << up)
         let plan = plans[key] ?? makePlans(key)
         let (n, h, w) = (key.n, key.h, key.w)
         let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
@@ -167,7 +175,7 @@ public final class Int8Conv2D: @unchecked Sendable {
                         let dst = rowBase + px * rc
                         let ix = px - g.padLeft
                         if ix < 0 || ix >= w { dst.update(repeating: z, count: rc); continue }
-                        let src = src0 + ((b * h + iy) * w + ix) * g.inChannels + c0
+                        let src = src0 + ((b * sh + (iy >> up)) * sw + (ix >> up)) * g.inChannels + c0
                         if let affScale, let affShift {
                             let k = b * g.inChannels + c0
                             part.quant.quantize(src, dst, count: cp, scale: affScale + k, shift: affShift + k, silu: silu)

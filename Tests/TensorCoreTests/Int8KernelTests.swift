@@ -55,7 +55,8 @@ final class Int8KernelTests: XCTestCase {
 
     /// GroupNorm (+ SiLU) fed to an integer layer as a `ChannelAffine`: the kernel normalizes while it writes its u8
     /// input, and the output is bit-identical to running it on the materialized tensor — every conv case above (padding,
-    /// stride 2, skip-concat parts, hi/lo duplicated weights), an upsampled activation, and the linear on token rows —
+    /// stride 2, skip-concat parts, hi/lo duplicated weights), an upsampled activation, the conv reading a plain input
+    /// upsampled ×2 in place, and the linear on token rows —
     /// on every kernel ISA variant this CPU has.
     func testFusedNormalizedInputIsBitIdentical() {
         var r = LCG(s: 11)
@@ -85,6 +86,7 @@ final class Int8KernelTests: XCTestCase {
                             XCTAssertTrue(same(up.materialize(), Ops.upsampleNearest2x(a.materialize())), "\(isa) upsampled activation, case \(i)")
                             XCTAssertTrue(same(k.forward(up), k.forward(Ops.upsampleNearest2x(a.materialize()))), "\(isa) upsampled, case \(i)")
                         }
+                        XCTAssertTrue(same(k.forwardUpsampledNearest2x(x), k.forward(Ops.upsampleNearest2x(x))), "\(isa) conv reading its input upsampled, case \(i)")
                     }
                 }
                 let (n, t, kf, o) = (3, 13, 40, 24)
