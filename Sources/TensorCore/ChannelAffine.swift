@@ -36,11 +36,13 @@ public struct ChannelAffine {
         let n = source.shape[0], c = source.shape.last!, hw = pixelsPerSample
         let y = Tensor(uninitialized: source.shape)
         let blocks = (hw + 63) / 64
+        let src = UnsafePointer(source.data), dst = y.data, a = UnsafePointer(scale.data), b0 = UnsafePointer(shift.data)
+        let s = Int32(silu ? 1 : 0)
         Parallel.forEachChunk(n * blocks, minChunk: 4) { range in
             for job in range {
                 let b = job / blocks, p0 = (job % blocks) * 64, p1 = min(p0 + 64, hw)
                 let off = (b * hw + p0) * c
-                ptqd_channel_affine(source.data + off, y.data + off, p1 - p0, c, scale.data + b * c, shift.data + b * c, silu ? 1 : 0)
+                ptqd_channel_affine(src + off, dst + off, p1 - p0, c, a + b * c, b0 + b * c, s)
             }
         }
         return y

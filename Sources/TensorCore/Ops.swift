@@ -48,6 +48,8 @@ public enum Ops {
         if let p = preAdd { precondition(p.shape == [n, c], "GroupNorm preAdd must be [\(n), \(c)], got \(p.shape)") }
         let cg = c / groups
         let blocks = max((hw + 63) / 64, 1)
+        // Raw pointers: the parallel loops must not retain tensors per job.
+        let xp = UnsafePointer(x.data), pre0 = preAdd.map { UnsafePointer($0.data) }
         // Float sums and sums of squares of every (sample, block): [N, blocks, 2, C].
         let partial = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks * 2 * c)
         defer { partial.deallocate() }
@@ -56,36 +58,40 @@ public enum Ops {
             for job in range {
                 let b = job / blocks, p0 = (job % blocks) * 64, p1 = min(p0 + 64, hw)
                 let fs = partial + job * 2 * c
-                if p1 > p0 { ptqd_channel_sums(x.data + (b * hw + p0) * c, p1 - p0, c, fs, fs + c) }
+                if p1 > p0 { ptqd_channel_sums(xp + (b * hw + p0) * c, p1 - p0, c, fs, fs + c) }
             }
         }
+        // Per sample: fold the blocks into Double in block order, then each group's mean and variance.
         let scale = Tensor(uninitialized: [n, c]), shift = Tensor(uninitialized: [n, c])
-        let s = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
-        defer { s.deallocate() }
-        let q = s + c
-        for bi in 0..<n {
-            s.update(repeating: 0, count: 2 * c)
-            for blk in 0..<blocks {
-                let fs = partial + (bi * blocks + blk) * 2 * c
-                for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fs[c + i]) }
-            }
-            let count = Double(hw * cg)
-            let pre = preAdd.map { $0.data + bi * c }
-            let a = scale.data + bi * c, sh = shift.data + bi * c
-            for g in 0..<groups {
-                var sum = 0.0, sq = 0.0
-                for i in (g * cg)..<((g + 1) * cg) {
-                    let t = pre.map { Double($0[i]) } ?? 0
-                    sum += s[i] + Double(hw) * t
-                    sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
+        let a0 = scale.data, b0 = shift.data
+        Parallel.forEachChunk(n) { range in
+            let s = UnsafeMutablePointer<Double>.allocate(capacity: 2 * c)
+            defer { s.deallocate() }
+            let q = s + c
+            for bi in range {
+                s.update(repeating: 0, count: 2 * c)
+                for blk in 0..<blocks {
+                    let fs = partial + (bi * blocks + blk) * 2 * c
+                    for i in 0..<c { s[i] += Double(fs[i]); q[i] += Double(fs[c + i]) }
                 }
-                let mean = sum / count
-                let variance = max(sq / count - mean * mean, 0)
-                let inv = 1 / (variance + Double(eps)).squareRoot()
-                for i in (g * cg)..<((g + 1) * cg) {
-                    let t = pre.map { Double($0[i]) } ?? 0
-                    a[i] = Float(inv * Double(gamma[i]))
-                    sh[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
+                let count = Double(hw * cg)
+                let pre = pre0.map { $0 + bi * c }
+                let a = a0 + bi * c, sh = b0 + bi * c
+                for g in 0..<groups {
+                    var sum = 0.0, sq = 0.0
+                    for i in (g * cg)..<((g + 1) * cg) {
+                        let t = pre.map { Double($0[i]) } ?? 0
+                        sum += s[i] + Double(hw) * t
+                        sq += q[i] + 2 * t * s[i] + Double(hw) * t * t
+                    }
+                    let mean = sum / count
+                    let variance = max(sq / count - mean * mean, 0)
+                    let inv = 1 / (variance + Double(eps)).squareRoot()
+                    for i in (g * cg)..<((g + 1) * cg) {
+                        let t = pre.map { Double($0[i]) } ?? 0
+                        a[i] = Float(inv * Double(gamma[i]))
+                        sh[i] = Float((t - mean) * inv * Double(gamma[i]) + Double(beta[i]))
+                    }
                 }
             }
         }
