@@ -18,6 +18,7 @@ struct Quantize: ParsableCommand {
         --rule 'PATTERN=w8a8' (or =fp32) overrides layers by diffusers name, '*' matching any text, last rule wins. \
         Calibration runs the FP sampler at --setting (or --steps/--eta/--guidance) for --calib trajectories and draws \
         --calib-samples (x_t, t, class) records across all steps (both guidance halves).
+
         With --quantized FILE, calibration and quantization are skipped: the --correct / --mixed statistics are measured \
         on FILE's variants and FILE is written to --out with the tables. --stats-shard I/N (with --quantized) runs only \
         a contiguous 1/N of the --stats-trajectories (same noise and labels as one pass) and writes a resumable partial \
