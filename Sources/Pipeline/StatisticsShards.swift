@@ -127,6 +127,9 @@ public struct StatisticsPartial {
         let path = path(directory: directory)
         guard FileManager.default.fileExists(atPath: path) else {
             guard FileManager.default.fileExists(atPath: directory) else { throw PipelineError("\(directory): no such statistics shard directory") }
+            if FileManager.default.fileExists(atPath: URL(fileURLWithPath: directory).appendingPathComponent(EvaluationPartial.fileName).path) {
+                throw PipelineError("\(directory) is an evaluation shard (`evaluate --shard`): merge it with `ptqd merge`")
+            }
             throw PipelineError("\(directory): unfinished statistics shard (no \(fileName) yet); run its `ptqd quantize --stats-shard` command again to finish it")
         }
         func bad(_ why: String) -> PipelineError { PipelineError("\(directory): not a usable statistics shard: \(why)") }

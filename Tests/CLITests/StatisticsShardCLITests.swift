@@ -98,7 +98,14 @@ final class StatisticsShardCLITests: CLITestCase {
         let steps = tmpPath("steps")
         XCTAssertEqual(try run(statsArgs(steps, ["--stats-shard", "1/3", "--steps", "4"])).code, 0)
         try refuses([dirs[0], steps, dirs[2]], "\(steps) is a statistics shard of another pass than \(dirs[0]): different step schedule")
-        try refuses([tmpPath("evaluate-like")], "no such statistics shard directory")
+        // An evaluation shard folder given to merge-stats, and a statistics shard folder given to merge, say which merge they need.
+        try FileManager.default.createDirectory(atPath: tmpPath("eval"), withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: tmpPath("eval/partial.safetensors"), contents: Data())
+        try refuses([tmpPath("eval")], "is an evaluation shard (`evaluate --shard`): merge it with `ptqd merge`")
+        try FileManager.default.removeItem(atPath: tmpPath("eval/partial.safetensors"))
+        let wrongMerge = try run(["merge", dirs[0], "--out", tmpPath("report")])
+        XCTAssertNotEqual(wrongMerge.code, 0)
+        XCTAssertTrue(wrongMerge.err.contains("\(dirs[0]) is a statistics shard (`quantize --stats-shard`): merge it with `ptqd merge-stats`"), wrongMerge.err)
     }
 
     /// Malformed I/N, I ≥ N, N > --stats-trajectories and --stats-shard without --quantized are one-line errors before
