@@ -21,7 +21,7 @@ import SafeTensors
 /// File (safetensors): metadata `kind` = `ptqd-statistics-partial`, `manifest` = the JSON of ``Manifest``; per
 /// variant v a tensor `v<v>.samples` F64 `[steps, m, 6 + 2C]` (m = done − lower trajectories, in trajectory order;
 /// a row is `NoiseStatistics.SampleSums.values`). Size: steps × m × (6 + 2C) × 8 bytes per variant (setting B,
-/// 1,024 trajectories, C = 4: 13 MB).
+/// 1,024 trajectories, C = 4: 11.5 MB).
 public struct StatisticsPartial {
     public static let kind = "ptqd-statistics-partial"
     public static let formatVersion = 1
