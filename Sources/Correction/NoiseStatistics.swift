@@ -20,7 +20,9 @@
 //
 // Reproducibility. Each sample's sums are formed first, in element order, and then added to the step's
 // running totals, so splitting a stream into batches of any sizes gives bit-identical sums. `merge`
-// adds totals, which equals the single stream up to Float64 rounding.
+// adds totals, which equals the single stream up to Float64 rounding. Bit-exact merging instead keeps each
+// sample's sums (`recordSamples`, 6 + 2C Float64s per sample and step) and adds them again, in the single
+// stream's order, with `add(index:sample:)`: the sharded statistics pass (`ptqd quantize --stats-shard`).
 //
 //===----------------------------------------------------------------------===//
 
@@ -65,6 +67,37 @@ public final class NoiseStatistics {
         }
     }
 
+    /// One sample's (image's) sums at one step, from which `add` derives everything it accumulates.
+    public struct SampleSums: Equatable, Sendable {
+        /// H·W·C.
+        public var elements: Int
+        /// Σε, Σε², ΣΔ, ΣΔ², Σε·Δ over the sample's elements, in element order.
+        public var sumE, sumE2, sumD, sumD2, sumED: Double
+        /// Σε and ΣΔ per channel, `[C]`.
+        public var channelE: [Double]
+        public var channelD: [Double]
+
+        public init(elements: Int, sumE: Double, sumE2: Double, sumD: Double, sumD2: Double, sumED: Double, channelE: [Double], channelD: [Double]) {
+            self.elements = elements; self.sumE = sumE; self.sumE2 = sumE2; self.sumD = sumD; self.sumD2 = sumD2; self.sumED = sumED
+            self.channelE = channelE; self.channelD = channelD
+        }
+
+        /// Float64 values per record for C channels: elements, the five sums, Σε per channel, ΣΔ per channel.
+        public static func width(channels: Int) -> Int { 6 + 2 * channels }
+
+        /// `[elements, sumE, sumE2, sumD, sumD2, sumED, channelE…, channelD…]` (elements exact below 2^53).
+        public var values: [Double] { [Double(elements), sumE, sumE2, sumD, sumD2, sumED] + channelE + channelD }
+
+        /// The inverse of `values` (nil if the count or the element count is not usable).
+        public init?(values v: ArraySlice<Double>, channels: Int) {
+            guard v.count == Self.width(channels: channels) else { return nil }
+            let b = v.startIndex
+            guard v[b].isFinite, v[b] >= 2, v[b] < 9.0e15, v[b] == v[b].rounded() else { return nil }
+            self.init(elements: Int(v[b]), sumE: v[b + 1], sumE2: v[b + 2], sumD: v[b + 3], sumD2: v[b + 4], sumED: v[b + 5],
+                      channelE: Array(v[(b + 6)..<(b + 6 + channels)]), channelD: Array(v[(b + 6 + channels)..<(b + 6 + 2 * channels)]))
+        }
+    }
+
     /// DDPM timesteps in sampling order; position `index` of `add` refers to `timesteps[index]`.
     public let timesteps: [Int]
     /// Channel count C (last NHWC dimension).
@@ -82,7 +115,8 @@ public final class NoiseStatistics {
     ///   - timesteps: DDPM timesteps in sampling order (distinct).
     ///   - channels: C, the predictions' last dimension.
     ///   - kRange, gridPoints: the grid on which σ_q(k) is tabulated (see the file header for accuracy).
-    public init(timesteps: [Int], channels: Int, kRange: ClosedRange<Double> = -2...2, gridPoints: Int = 801) {
+    ///   - recordSamples: keep every sample's sums as well (`samples(at:)`): steps·samples·(C·2 + 6) Float64s.
+    public init(timesteps: [Int], channels: Int, kRange: ClosedRange<Double> = -2...2, gridPoints: Int = 801, recordSamples: Bool = false) {
         precondition(channels >= 1, "NoiseStatistics needs at least one channel")
         precondition(Set(timesteps).count == timesteps.count, "timesteps must be distinct: \(timesteps)")
         precondition(gridPoints >= 2 && kRange.upperBound > kRange.lowerBound, "the k grid needs >= 2 points on a non-empty range")
@@ -91,6 +125,8 @@ public final class NoiseStatistics {
         self.kRange = kRange
         self.gridPoints = gridPoints
         steps = timesteps.map { _ in StepSums(channels: channels, gridPoints: gridPoints) }
+        recordsSamples = recordSamples
+        log = timesteps.map { _ in [] }
     }
 
     /// Adds one batch of paired guided predictions at loop position `index`.
@@ -107,8 +143,6 @@ public final class NoiseStatistics {
         let per = epsFP.count / n
         precondition(per >= 2, "a sample needs at least 2 elements for an unbiased std")
         let pixels = per / channels
-        let nn = Double(per), dof = Double(per - 1)
-        let lo = kRange.lowerBound, h = gridSpacing
         var ce = [Double](repeating: 0, count: channels)
         var cd = [Double](repeating: 0, count: channels)
         for b in 0..<n {
@@ -126,14 +160,33 @@ public final class NoiseStatistics {
             }
             var se = 0.0, sd = 0.0
             for c in 0..<channels { se += ce[c]; sd += cd[c] }
-            // Per-sample variance quadratic of r = Δ − k·ε.
-            let a = max(sd2 - sd * sd / nn, 0) / dof
-            let bq = -2 * (sed - se * sd / nn) / dof
-            let cq = max(se2 - se * se / nn, 0) / dof
-            steps[index].accumulate(elements: per, sumE: se, sumE2: se2, sumD: sd, sumD2: sd2, sumED: sed,
-                                    channelE: ce, channelD: cd, a: a, b: bq, c: cq, gridLow: lo, gridStep: h)
+            add(index: index, sample: SampleSums(elements: per, sumE: se, sumE2: se2, sumD: sd, sumD2: sd2, sumED: sed,
+                                                 channelE: ce, channelD: cd))
         }
     }
+
+    /// Adds one sample's sums at loop position `index` (what `add(index:epsFP:epsQ:)` does per sample). Adding the
+    /// `samples(at:)` of other instances in their order reproduces their sums bit for bit (the sharded statistics merge).
+    public func add(index: Int, sample x: SampleSums) {
+        precondition(steps.indices.contains(index), "step index \(index) is outside 0..<\(steps.count)")
+        precondition(x.channelE.count == channels && x.channelD.count == channels && x.elements >= 2,
+                     "a sample record needs \(channels) channel sums and >= 2 elements")
+        let nn = Double(x.elements), dof = Double(x.elements - 1)
+        // Per-sample variance quadratic of r = Δ − k·ε.
+        let a = max(x.sumD2 - x.sumD * x.sumD / nn, 0) / dof
+        let bq = -2 * (x.sumED - x.sumE * x.sumD / nn) / dof
+        let cq = max(x.sumE2 - x.sumE * x.sumE / nn, 0) / dof
+        steps[index].accumulate(elements: x.elements, sumE: x.sumE, sumE2: x.sumE2, sumD: x.sumD, sumD2: x.sumD2, sumED: x.sumED,
+                                channelE: x.channelE, channelD: x.channelD, a: a, b: bq, c: cq, gridLow: kRange.lowerBound, gridStep: gridSpacing)
+        if recordsSamples { log[index].append(x) }
+    }
+
+    /// Whether `add` keeps every sample's sums (`samples(at:)`), for a statistics shard whose merge replays them.
+    public let recordsSamples: Bool
+    private var log: [[SampleSums]]
+
+    /// The samples added at loop position `index`, in the order they were added (empty unless `recordsSamples`).
+    public func samples(at index: Int) -> [SampleSums] { log[index] }
 
     /// Adds another instance's sums (same timesteps, channels and grid) into this one.
     public func merge(_ other: NoiseStatistics) {

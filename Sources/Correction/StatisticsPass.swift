@@ -29,20 +29,28 @@ public enum StatisticsPass {
     ///   - fp / quantized: guided predictors (same guidance scale and null form).
     ///   - conditioning: conditioning of trajectories `range`.
     ///   - shape: `[H, W, C]` of one sample.
-    ///   - progress: (images·steps done, total).
+    ///   - images: the trajectories to run (default: all, `0..<options.trajectories`); a sub-range runs exactly those
+    ///     trajectories of the whole pass (same noise and conditioning: both depend only on the trajectory index).
+    ///   - recordSamples: keep every sample's sums (`NoiseStatistics.samples(at:)`) for a bit-exact merge.
+    ///   - progress: (images·steps done, total), over `images`.
     /// - Returns: one `NoiseStatistics` per quantized predictor.
     public static func collect(scheduler: DiffusionScheduler, fp: NoisePredictor, quantized: [NoisePredictor],
                                conditioning: (Range<Int>) throws -> Conditioning, shape: [Int], options: StatisticsOptions,
+                               images: Range<Int>? = nil, recordSamples: Bool = false,
                                progress: ((Int, Int) -> Void)? = nil) throws -> [NoiseStatistics] {
         guard options.trajectories >= 1, options.batch >= 1 else {
             throw CorrectionError.invalid("statistics need --stats-trajectories >= 1 and a batch >= 1")
         }
+        let images = images ?? 0..<options.trajectories
+        guard images.lowerBound >= 0, images.upperBound <= options.trajectories else {
+            throw CorrectionError.invalid("statistics trajectories \(images) are outside 0..<\(options.trajectories)")
+        }
         let steps = scheduler.timesteps.count
-        let stats = quantized.map { _ in NoiseStatistics(timesteps: scheduler.timesteps, channels: shape[2]) }
+        let stats = quantized.map { _ in NoiseStatistics(timesteps: scheduler.timesteps, channels: shape[2], recordSamples: recordSamples) }
         let noiseSeed = options.seed ^ 0x57A7_5000_0000_0000  // distinct from evaluation and calibration noise
         var done = 0
         let sampler = Sampler(scheduler: scheduler, predictor: fp)
-        try sampler.generate(images: 0..<options.trajectories, batch: options.batch, seed: noiseSeed, shape: shape,
+        try sampler.generate(images: images, batch: options.batch, seed: noiseSeed, shape: shape,
                              conditioning: conditioning, hooks: { range in
             let c = (try? conditioning(range)) ?? .none
             return SamplerHooks(modelOutput: { info, x, epsFP in
@@ -54,7 +62,7 @@ public enum StatisticsPass {
                 return epsFP
             }, didStep: { _, _ in
                 done += range.count
-                progress?(done, options.trajectories * steps)
+                progress?(done, images.count * steps)
             })
         }, onBatch: { _, _ in })
         return stats

@@ -13,7 +13,7 @@ public struct PTQDMain: ParsableCommand {
         Results go to stdout and files; progress goes to stderr.
         """,
         version: ptqdVersion,
-        subcommands: [Quantize.self, Sample.self, Evaluate.self, Merge.self, Ablation.self, Inspect.self, Bench.self, Plot.self])
+        subcommands: [Quantize.self, Sample.self, Evaluate.self, Merge.self, MergeStats.self, Ablation.self, Inspect.self, Bench.self, Plot.self])
 
     public init() {}
 }

@@ -18,11 +18,17 @@ struct Quantize: ParsableCommand {
         --rule 'PATTERN=w8a8' (or =fp32) overrides layers by diffusers name, '*' matching any text, last rule wins. \
         Calibration runs the FP sampler at --setting (or --steps/--eta/--guidance) for --calib trajectories and draws \
         --calib-samples (x_t, t, class) records across all steps (both guidance halves).
+
+        With --quantized FILE, calibration and quantization are skipped: the --correct / --mixed statistics are measured \
+        on FILE's variants and FILE is written to --out with the tables. --stats-shard I/N (with --quantized) runs only \
+        a contiguous 1/N of the --stats-trajectories (same noise and labels as one pass) and writes a resumable partial \
+        to the folder --out; `ptqd merge-stats` turns the N folders into the file one pass writes, with tables equal \
+        bit for bit (docs/scale-out.md).
         """)
 
     @OptionGroup var model: ModelOptions
     @OptionGroup var runtime: RuntimeOptions
-    @Option(help: "bits: w8a8, w4a8, w4a4, w8a32, w4a32 (wXaY, X in 2...8, Y in 2...8 or 32)") var scheme: LayerPrecision
+    @Option(help: "bits: w8a8, w4a8, w4a4, w8a32, w4a32 (wXaY, X in 2...8, Y in 2...8 or 32); required unless --quantized") var scheme: LayerPrecision?
     @Option(help: "weight rounding: rtn, adaround or gptq") var weights: WeightMethod = .rtn
     @Option(help: "FP trajectories for calibration") var calib: Int = 256
     @Option(name: .customLong("calib-context"), help: ArgumentHelp("contexts for calibrating a cross-attention model: safetensors with 'context' [K, L, D] (trajectory i uses row i mod K) and 'null_context' [1, L, D] for guidance", valueName: "file"))
@@ -50,11 +56,36 @@ struct Quantize: ParsableCommand {
     @Option(help: "schemes 'auto' chooses from (comma list)") var candidates: SchemeList = SchemeList(parsing: "w4a4,w4a8,w8a8")
     @Option(name: .customLong("cheap-fraction"), help: "when SNR^Q ≥ SNR^F switches at the first step or never: fraction of steps kept cheap")
     var cheapFraction: Double = 0.5
-    @Option(help: "output .safetensors file") var out: String
+    @Option(help: ArgumentHelp("measure the statistics on the variants of this quantized file instead of quantizing (the quantization options are then unused); with --correct or --mixed", valueName: "file"))
+    var quantized: String?
+    @Option(name: .customLong("stats-shard"), help: ArgumentHelp("with --quantized: run only statistics trajectories ⌊I·T/N⌋..<⌊(I+1)·T/N⌋ of T = --stats-trajectories (0-based I) and write the resumable partial statistics-partial.safetensors to the folder --out, for `ptqd merge-stats`", valueName: "I/N"))
+    var statsShard: String?
+    @Option(name: .customLong("time-budget"), help: ArgumentHelp("with --stats-shard: measure for at most this long, then save the trajectories so far in --out and exit with code 75; the same command resumes", valueName: "minutes"))
+    var timeBudget: Double?
+    @Option(help: "output .safetensors file (a folder with --stats-shard)") var out: String
     @Flag(help: "no progress on stderr") var quiet = false
 
     func validate() throws {
-        guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must name a .safetensors file, got '\(out)'") }
+        if statsShard != nil {
+            guard quantized != nil else {
+                throw ValidationError("--stats-shard runs against an existing quantized file: quantize once (without --correct), then pass it with --quantized FILE")
+            }
+            _ = try statsShardRange()
+            guard !out.hasSuffix(".safetensors") else { throw ValidationError("with --stats-shard, --out is the shard's folder, got the file name '\(out)'") }
+        } else {
+            guard out.hasSuffix(".safetensors") else { throw ValidationError("--out must name a .safetensors file, got '\(out)'") }
+            if timeBudget != nil { throw ValidationError("--time-budget applies to --stats-shard runs") }
+        }
+        if let b = timeBudget, !(b.isFinite && b >= 0) { throw ValidationError("--time-budget must be a number of minutes >= 0") }
+        if quantized != nil {
+            if scheme != nil { throw ValidationError("--scheme does not apply with --quantized: the file's variants are measured") }
+            guard correct != .none || mixed != nil else {
+                throw ValidationError("--quantized measures statistics: pass --correct ptqd (or d2) and/or --mixed")
+            }
+            guard !quantizeDecoder else { throw ValidationError("--quantize-decoder does not apply with --quantized: the file's decoder is kept") }
+        } else if scheme == nil {
+            throw ValidationError("Missing expected argument '--scheme <scheme>'")
+        }
         guard calib >= 1 else { throw ValidationError("--calib must be >= 1, got \(calib)") }
         if let c = calibSamples, c < 1 { throw ValidationError("--calib-samples must be >= 1") }
         guard groupSize >= 1, batch >= 1 else { throw ValidationError("--group-size and --batch must be >= 1") }
@@ -85,16 +116,17 @@ struct Quantize: ParsableCommand {
         return o
     }
 
-    /// The schemes to quantize: [scheme], or the mixed pair / candidate list.
+    /// The schemes to quantize: [scheme], or the mixed pair / candidate list (empty with --quantized).
     var schemes: [LayerPrecision] {
         switch mixed {
-        case nil: return [scheme]
+        case nil: return scheme.map { [$0] } ?? []
         case let .pair(cheap, strong)?: return [cheap, strong]
         case .auto?: return candidates.schemes
         }
     }
 
     func run() throws {
+        if let file = quantized { return try runStatistics(on: file) }
         runtime.apply()
         let source = try model.load()
         let options = calibrationOptions(source)
@@ -118,12 +150,7 @@ struct Quantize: ParsableCommand {
         // Stage 3: correction statistics and the mixed-precision plan.
         var attachments: [String: String] = [:]
         if correct != .none || mixed != nil {
-            var mo = CorrectionMeasurementOptions()
-            mo.statistics.trajectories = statsTrajectories; mo.statistics.batch = min(batch, 64); mo.statistics.seed = seed
-            mo.biasMode = biasMode; mo.clampK = !keepNegativeK
-            mo.method = correct == .none ? nil : (correct == .d2 ? .d2 : .ptqd)
-            switch mixed { case nil: mo.mixed = nil; case .pair?: mo.mixed = .pair; case .auto?: mo.mixed = .auto }
-            mo.cheapFraction = cheapFraction
+            let mo = measurementOptions
             let steps = try Sampler.makeScheduler(options.settings, config: source.scheduler).timesteps.count
             let progress = ProgressReporter(label: "quantize 3/3: noise statistics (\(variants.count) variant\(variants.count > 1 ? "s" : ""))",
                                             total: statsTrajectories * steps, unit: "img·steps", enabled: !quiet)
@@ -148,6 +175,18 @@ struct Quantize: ParsableCommand {
                          d.costs.totalBOPs / 1e9, d.costs.fp32BOPs / d.costs.totalBOPs, d.costs.bytes / 1e6, d.costs.fp32Bytes / 1e6))
         }
         try printSummary(source: source, info: info, variants: variants, seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Stage 3's settings from --stats-trajectories, --batch, --seed, --bias-mode, --keep-negative-k, --correct, --mixed
+    /// and --cheap-fraction.
+    var measurementOptions: CorrectionMeasurementOptions {
+        var mo = CorrectionMeasurementOptions()
+        mo.statistics.trajectories = statsTrajectories; mo.statistics.batch = min(batch, 64); mo.statistics.seed = seed
+        mo.biasMode = biasMode; mo.clampK = !keepNegativeK
+        mo.method = correct == .none ? nil : (correct == .d2 ? .d2 : .ptqd)
+        switch mixed { case nil: mo.mixed = nil; case .pair?: mo.mixed = .pair; case .auto?: mo.mixed = .auto }
+        mo.cheapFraction = cheapFraction
+        return mo
     }
 
     /// Prints k, σ_q and SNR per step (stderr) and the plan.

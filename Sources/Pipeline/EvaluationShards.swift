@@ -162,6 +162,9 @@ public struct EvaluationPartial {
         let path = URL(fileURLWithPath: directory).appendingPathComponent(fileName).path
         guard FileManager.default.fileExists(atPath: path) else {
             guard FileManager.default.fileExists(atPath: directory) else { throw PipelineError("\(directory): no such shard directory") }
+            if FileManager.default.fileExists(atPath: StatisticsPartial.path(directory: directory)) {
+                throw PipelineError("\(directory) is a statistics shard (`quantize --stats-shard`): merge it with `ptqd merge-stats`")
+            }
             throw PipelineError("\(directory): unfinished shard (no \(fileName)); run its `ptqd evaluate --shard` command again to finish it")
         }
         func bad(_ why: String) -> PipelineError { PipelineError("\(directory): not a usable evaluation shard: \(why)") }

@@ -9,7 +9,7 @@ import XCTest
 /// read the diff of HelpSnapshots/ before committing it.
 final class HelpSnapshotTests: XCTestCase {
     static let commands: [(String, ParsableCommand.Type)] = [
-        ("ptqd", PTQDMain.self), ("quantize", Quantize.self), ("sample", Sample.self), ("evaluate", Evaluate.self), ("merge", Merge.self),
+        ("ptqd", PTQDMain.self), ("quantize", Quantize.self), ("sample", Sample.self), ("evaluate", Evaluate.self), ("merge", Merge.self), ("merge-stats", MergeStats.self),
         ("ablation", Ablation.self), ("inspect", Inspect.self), ("bench", Bench.self),
         ("plot", Plot.self),
     ]

@@ -115,6 +115,36 @@ final class NoiseStatisticsTests: XCTestCase {
         for (x, y) in zip(flat(a), flat(b)) { XCTAssertEqual(x, y, accuracy: 1e-5 * max(abs(y), 1e-3)) }
     }
 
+    /// The sharded statistics merge: shards record each sample's sums; replaying them in order, shard after shard,
+    /// gives the single stream's sums bit for bit (unlike `merge`, which adds totals), and the records survive
+    /// `values` / `init(values:)` unchanged.
+    func testRecordedSamplesReplayedInOrderEqualOneStreamBitForBit() {
+        let one = oneBatchStatistics()
+        let cuts = [0, 133, 134, 266, 400]   // 4 shards of uneven size
+        let shards = (0..<4).map { _ in NoiseStatistics(timesteps: Self.timesteps, channels: 3, recordSamples: true) }
+        for (i, d) in Self.data.enumerated() {
+            for (s, shard) in shards.enumerated() {
+                let r = cuts[s]..<cuts[s + 1]
+                shard.add(index: i, epsFP: d.fp.slice(batch: r), epsQ: d.q.slice(batch: r))
+            }
+        }
+        let replayed = NoiseStatistics(timesteps: Self.timesteps, channels: 3)
+        for i in Self.timesteps.indices {
+            for shard in shards {
+                XCTAssertEqual(shard.samples(at: i).count, shard.sampleCount(at: i))
+                for x in shard.samples(at: i) {
+                    let back = NoiseStatistics.SampleSums(values: x.values[...], channels: 3)
+                    XCTAssertEqual(back, x)
+                    replayed.add(index: i, sample: back!)
+                }
+            }
+        }
+        XCTAssertEqual(replayed.steps, one.steps)
+        for mode in BiasMode.allCases { XCTAssertEqual(replayed.fit(FitOptions(biasMode: mode)), one.fit(FitOptions(biasMode: mode))) }
+        XCTAssertTrue(one.samples(at: 0).isEmpty, "no records unless asked")
+        XCTAssertNil(NoiseStatistics.SampleSums(values: [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0][...], channels: 3), "one element is not a sample")
+    }
+
     func testResidualStdOutsideGridFallsBackToRMS() {
         let stats = oneBatchStatistics()
         for k in [-3.0, 2.5] {
