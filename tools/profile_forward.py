@@ -7,7 +7,8 @@ Usage (Linux with Debian's linux-perf):
 Runs `perf record -F 499` on `ptqd sample` (the sampler loop around the UNet: guidance off for unconditional models)
 and prints the share of CPU samples per category. Load time is excluded by subtracting a 1-step run's samples
 (same model, same n): what remains is the steps' forwards. Categories (by symbol / shared object):
-  conv+matmul (oneDNN JIT code and libdnnl), norm (GroupNorm/LayerNorm statistics and the fused affine+SiLU),
+  conv+matmul (oneDNN JIT code and libdnnl), fused norm+SiLU→u8 (GroupNorm's affine + SiLU written straight into an
+  integer layer's u8 input), norm (GroupNorm/LayerNorm statistics and the materialized affine+SiLU),
   quantize (activation u8 quantization), attention (softmax rows; its matmuls are oneDNN), elementwise (residual adds,
   SiLU, GEGLU, timestep embedding), copies (memmove/memset, concatenations, reshapes, upsampling), OpenMP runtime
   (libgomp: barriers, spin-waits), kernel (page faults, scheduling), other.
@@ -15,6 +16,7 @@ and prints the share of CPU samples per category. Load time is excluded by subtr
 import argparse, collections, os, re, subprocess, sys, tempfile
 
 CATEGORIES = [
+    ("fused norm+SiLU→u8", re.compile(r"affine_quantize_u8", re.I)),
     ("norm", re.compile(r"channel_affine|channel_sums|groupNorm|layerNorm|layer_norm", re.I)),
     ("quantize", re.compile(r"quantize_u8|fake_quantize|ActivationQuantization", re.I)),
     ("attention", re.compile(r"softmax", re.I)),
