@@ -40,6 +40,22 @@ public struct ShardSpec: Codable, Equatable, Hashable, Sendable, CustomStringCon
 
     public var description: String { "\(index)/\(count)" }
 
+    /// Checks that `shards` are all N shards of one run (their counts already agree): every index exactly once.
+    /// - kind: what a shard is called in the messages ("shard", "statistics shard").
+    /// - Throws: one-line `PipelineError`s naming the folders of a repeated index, or the missing indices.
+    public static func requireComplete(_ shards: [(dir: String, shard: ShardSpec)], kind: String) throws {
+        guard let count = shards.first?.shard.count else { return }
+        var byIndex: [Int: String] = [:]
+        for (dir, s) in shards {
+            if let other = byIndex[s.index] { throw PipelineError("\(other) and \(dir) are both \(kind) \(s)") }
+            byIndex[s.index] = dir
+        }
+        let missing = (0..<count).filter { byIndex[$0] == nil }
+        if !missing.isEmpty {
+            throw PipelineError("missing \(kind)\(missing.count > 1 ? "s" : "") \(missing.map { "\($0)/\(count)" }.joined(separator: ", ")) (got \(shards.count) of \(count))")
+        }
+    }
+
     /// Images `[⌊I·n/N⌋, ⌊(I+1)·n/N⌋)`: contiguous, in order, sizes differing by at most one.
     /// - Throws: when N > n (a shard would be empty).
     public func range(n: Int) throws -> Range<Int> {
@@ -219,7 +235,6 @@ public struct EvaluationPartial {
         guard !directories.isEmpty else { throw PipelineError("merge needs the shard directories") }
         let loaded = try directories.map { (dir: $0, partial: try load(directory: $0)) }
         let first = loaded[0]
-        var byIndex: [Int: String] = [:]
         for (dir, p) in loaded {
             let a = first.partial.manifest, b = p.manifest
             func foreign(_ what: String) -> PipelineError {
@@ -233,14 +248,8 @@ public struct EvaluationPartial {
                 throw foreign(key == "features" || key == "dataset" ? "\(key == "features" ? "feature network" : "reference data")"
                               : "\(key) model, file digest or sampler settings")
             }
-            if let other = byIndex[b.shard.index] { throw PipelineError("\(other) and \(dir) are both shard \(b.shard)") }
-            byIndex[b.shard.index] = dir
         }
-        let count = first.partial.manifest.shard.count
-        let missing = (0..<count).filter { byIndex[$0] == nil }
-        if !missing.isEmpty {
-            throw PipelineError("missing shard\(missing.count > 1 ? "s" : "") \(missing.map { "\($0)/\(count)" }.joined(separator: ", ")) (got \(loaded.count) of \(count))")
-        }
+        try ShardSpec.requireComplete(loaded.map { ($0.dir, $0.partial.manifest.shard) }, kind: "shard")
         let ordered = loaded.sorted { $0.partial.manifest.shard.index < $1.partial.manifest.shard.index }
         var parts: [EvaluationPart] = []
         for (m, _) in first.partial.manifest.models.enumerated() {

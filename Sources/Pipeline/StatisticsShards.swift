@@ -195,7 +195,6 @@ public struct StatisticsPartial {
         guard !directories.isEmpty else { throw PipelineError("merge-stats needs the statistics shard directories") }
         let loaded = try directories.map { (dir: $0, partial: try load(directory: $0)) }
         let first = loaded[0]
-        var byIndex: [Int: String] = [:]
         for (dir, p) in loaded {
             let a = first.partial.manifest, b = p.manifest
             func foreign(_ what: String) -> PipelineError {
@@ -211,14 +210,8 @@ public struct StatisticsPartial {
             for key in Set(a.identity.keys).union(b.identity.keys).sorted() where a.identity[key] != b.identity[key] {
                 throw foreign(names[key] ?? key)
             }
-            if let other = byIndex[b.shard.index] { throw PipelineError("\(other) and \(dir) are both statistics shard \(b.shard)") }
-            byIndex[b.shard.index] = dir
         }
-        let count = first.partial.manifest.shard.count
-        let missing = (0..<count).filter { byIndex[$0] == nil }
-        if !missing.isEmpty {
-            throw PipelineError("missing statistics shard\(missing.count > 1 ? "s" : "") \(missing.map { "\($0)/\(count)" }.joined(separator: ", ")) (got \(loaded.count) of \(count))")
-        }
+        try ShardSpec.requireComplete(loaded.map { ($0.dir, $0.partial.manifest.shard) }, kind: "statistics shard")
         if let (dir, p) = loaded.first(where: { !$0.partial.manifest.finished }) {
             let m = p.manifest
             throw PipelineError("\(dir): unfinished statistics shard \(m.shard) (\(m.done - m.lower) of \(m.upper - m.lower) trajectories); run its `ptqd quantize --stats-shard` command again to finish it")
