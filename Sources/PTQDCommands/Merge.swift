@@ -23,21 +23,36 @@ struct Merge: ParsableCommand {
     @Flag(help: "no progress on stderr") var quiet = false
 
     func run() throws {
-        let cwd = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
-        func absolute(_ p: String) -> String { URL(fileURLWithPath: p, relativeTo: cwd).standardizedFileURL.path }
-        let merged = try EvaluationPartial.merge(directories: shards.map(absolute))
-        var command: Evaluate
-        do { command = try Evaluate.parse(merged.manifest.arguments) } catch {
-            throw PipelineError("\(merged.directories[0]): the recorded evaluate arguments no longer parse: \(Evaluate.message(for: error))")
-        }
-        command.out = absolute(out)
+        let merged = try EvaluationPartial.merge(directories: shards.map(ShardCommand.absolute))
+        var command = try ShardCommand.reparse(Evaluate.self, merged.manifest.arguments, recordedIn: merged.directories[0], name: "evaluate")
+        command.out = ShardCommand.absolute(out)
         command.shard = nil
         command.quiet = command.quiet || quiet
-        // Relative paths of the shards' command are relative to their working directory.
-        if FileManager.default.fileExists(atPath: merged.manifest.workingDirectory) {
-            FileManager.default.changeCurrentDirectoryPath(merged.manifest.workingDirectory)
+        try ShardCommand.inWorkingDirectory(merged.manifest.workingDirectory) { try command.runMerged(merged) }
+    }
+}
+
+/// What both merges do with the shards' recorded command: absolute paths, re-parsing it, and running in the
+/// shards' working directory (their relative paths are relative to it).
+enum ShardCommand {
+    /// `path` made absolute against the current directory.
+    static func absolute(_ path: String) -> String {
+        URL(fileURLWithPath: path, relativeTo: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).standardizedFileURL.path
+    }
+
+    /// The shards' command re-parsed from its recorded arguments.
+    /// - Throws: a one-line error naming the shard folder when the arguments no longer parse.
+    static func reparse<C: ParsableCommand>(_ type: C.Type, _ arguments: [String], recordedIn dir: String, name: String) throws -> C {
+        do { return try C.parse(arguments) } catch {
+            throw PipelineError("\(dir): the recorded \(name) arguments no longer parse: \(C.message(for: error))")
         }
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd.path) }
-        try command.runMerged(merged)
+    }
+
+    /// Runs `body` with `directory` (when it exists) as the current directory, restoring it afterwards.
+    static func inWorkingDirectory<T>(_ directory: String, _ body: () throws -> T) rethrows -> T {
+        let cwd = FileManager.default.currentDirectoryPath
+        if FileManager.default.fileExists(atPath: directory) { FileManager.default.changeCurrentDirectoryPath(directory) }
+        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        return try body()
     }
 }

@@ -190,22 +190,12 @@ struct MergeStats: ParsableCommand {
     }
 
     func run() throws {
-        let cwd = URL(fileURLWithPath: FileManager.default.currentDirectoryPath)
-        func absolute(_ p: String) -> String { URL(fileURLWithPath: p, relativeTo: cwd).standardizedFileURL.path }
-        let merged = try StatisticsPartial.merge(directories: shards.map(absolute))
-        var command: Quantize
-        do { command = try Quantize.parse(merged.manifest.arguments) } catch {
-            throw PipelineError("\(merged.directories[0]): the recorded quantize arguments no longer parse: \(Quantize.message(for: error))")
-        }
-        command.out = absolute(out)
+        let merged = try StatisticsPartial.merge(directories: shards.map(ShardCommand.absolute))
+        var command = try ShardCommand.reparse(Quantize.self, merged.manifest.arguments, recordedIn: merged.directories[0], name: "quantize")
+        command.out = ShardCommand.absolute(out)
         command.statsShard = nil
         command.timeBudget = nil
         command.quiet = command.quiet || quiet
-        // Relative paths of the shards' command are relative to their working directory.
-        if FileManager.default.fileExists(atPath: merged.manifest.workingDirectory) {
-            FileManager.default.changeCurrentDirectoryPath(merged.manifest.workingDirectory)
-        }
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd.path) }
-        try command.runMergedStatistics(merged)
+        try ShardCommand.inWorkingDirectory(merged.manifest.workingDirectory) { try command.runMergedStatistics(merged) }
     }
 }
