@@ -10,7 +10,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := libdnnl-dev libpng-dev liblapacke-dev zlib1g-dev libcairo2-dev fonts-dejavu-core dataset-fashion-mnist
 TOOL_PACKAGES := python3-torch python3-venv python3-scipy libopenblas0-pthread
 
-.PHONY: demo test build setup venv fixtures bench train-ddpm figures clean
+.PHONY: demo demo-pixel test build setup venv fixtures bench train-ddpm figures clean
 
 ## System packages (Debian): oneDNN, libpng, LAPACKE, zlib, cairo + DejaVu fonts (text in PNG plots and grids),
 ## Fashion-MNIST. Installs only what is missing. (chromium is optional: the HTML-report screenshot test uses it if present.)
@@ -22,10 +22,19 @@ setup:
 build: setup
 	$(SWIFT) build $(SWIFTFLAGS) --product ptqd
 
-## The main job on the bundled model: quantize W4A8 with PTQD noise correction (setting A: DDIM 20 steps,
-## eta 0, guidance 3), then sample FP and quantized on identical noise side by side and print the report
-## (FID on a small n, PSNR/SSIM vs FP, BOPs, file size, images/s). Under 10 minutes on 2 cores.
+## The main job, on the bundled latent model (models/fmnist-ldm: KL-f4 autoencoder + class-conditional
+## cross-attention UNet, LDM-4 cin256 in miniature): quantize the denoiser W4A8 with PTQD (setting A: DDIM 20 steps,
+## eta 0, guidance 3), then sample FP and quantized on identical noise side by side (decoded images) and print the
+## report (FID on a small n, PSNR/SSIM vs FP, BOPs, file size, images/s). A few minutes on 2 cores after the build.
+LDM := models/fmnist-ldm
 demo: build
+	@mkdir -p out
+	$(PTQD) quantize --model $(LDM) --scheme w4a8 --weights adaround --correct ptqd --setting A --calib 64 --stats-trajectories 64 --out out/demo-ldm-w4a8.safetensors
+	$(PTQD) evaluate --model $(LDM) --quantized out/demo-ldm-w4a8.safetensors --setting A --n 100 --out out/demo-ldm
+	@echo "FP (left) and W4A8 AdaRound+PTQD (right), one row per class: out/demo-ldm/grid.png"
+
+## The same job on the bundled pixel-space DDPM (models/fmnist-ddpm, a UNet2DModel on 32x32 images).
+demo-pixel: build
 	@mkdir -p out
 	$(PTQD) quantize --scheme w4a8 --weights adaround --correct ptqd --setting A --calib 64 --stats-trajectories 64 --out out/demo-w4a8.safetensors
 	$(PTQD) evaluate --quantized out/demo-w4a8.safetensors --setting A --n 100 --out out/demo

@@ -17,6 +17,12 @@ mkdir -p "$OUT"
 run() { echo "+ $*" >&2; echo "+ $*" >> "$OUT/tables.md"; "$@" | tee -a "$OUT/tables.md"; }
 COMMON=(--model "$MODEL" --calib 256 --stats-trajectories "$STATS" --reuse --quiet)
 
+# FP first: setting B at n = N_MAIN (setting A's FP row is the first row of the ablation below), and setting A's
+# steps and eta at other guidance scales (n = N_OTHER), to show what guidance 3 does to this model's FID.
+run $PTQD evaluate --model "$MODEL" --setting B --n "$NM" --out "$OUT/B-fp32" --quiet
+for g in 1 1.5 2; do
+  run $PTQD evaluate --model "$MODEL" --setting A --guidance "$g" --n "$NO" --out "$OUT/A-fp32-g$g" --quiet
+done
 # Setting A (DDIM 20, eta 0, guidance 3): W4A8 ablation with both roundings (FP row included), n = N_MAIN.
 run $PTQD ablation "${COMMON[@]}" --scheme w4a8 --weights adaround --setting A --n "$NM" --out "$OUT/A"
 run $PTQD ablation "${COMMON[@]}" --scheme w4a8 --weights rtn --setting A --n "$NO" --out "$OUT/A"

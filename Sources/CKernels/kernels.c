@@ -31,6 +31,8 @@ struct kernel_table {
     void (*fake_quantize)(float *, long, float, float, float, float);
     void (*f32_to_bf16)(const float *, uint16_t *, long);
     void (*affine_quantize_u8)(const float *, uint8_t *, long, const float *, const float *, int, float, float, float);
+    void (*quantize_pixels_u8)(const float *, long, int, long, long, uint8_t *, long, int, const float *, const float *, int,
+                               float, float, float);
 };
 
 #define TARGET
@@ -114,4 +116,9 @@ void ptqd_f32_to_bf16(const float *x, uint16_t *dst, long n) { active->f32_to_bf
 void ptqd_affine_quantize_u8(const float *x, uint8_t *dst, long n, const float *a, const float *b, int silu, float inv,
                              float z, float hi) {
     active->affine_quantize_u8(x, dst, n, a, b, silu, inv, z, hi);
+}
+void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long pixels, long c, uint8_t *dst,
+                             long dst_stride, int dup, const float *a, const float *b, int mode, float inv, float z,
+                             float hi) {
+    active->quantize_pixels_u8(src, src_stride, shift, pixels, c, dst, dst_stride, dup, a, b, mode, inv, z, hi);
 }

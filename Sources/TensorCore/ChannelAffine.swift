@@ -63,3 +63,42 @@ extension ActivationQuantization {
         ptqd_affine_quantize_u8(src, dst, count, scale, shift, silu ? 1 : 0, 1 / self.scale, Float(zeroPoint), Float(qmax))
     }
 }
+
+/// Where a run of pixels comes from and goes to, for `ActivationQuantization.quantizePixels`.
+public struct PixelRun {
+    /// First pixel's `channels` floats; pixel p reads `source + (p >> shift)·sourceStride`.
+    public var source: UnsafePointer<Float>
+    public var sourceStride: Int
+    /// 1: nearest ×2 upsampling along the run (each source pixel feeds two); 0: none.
+    public var shift: Int
+    public var pixels: Int
+    public var channels: Int
+    /// Pixel p writes `channels` bytes at `destination + p·destinationStride`.
+    public var destination: UnsafeMutablePointer<UInt8>
+    public var destinationStride: Int
+    /// Copy each pixel's bytes to the next `channels` bytes too (hi/lo duplicated weights).
+    public var duplicate: Bool
+
+    @inline(__always)
+    public init(source: UnsafePointer<Float>, sourceStride: Int, shift: Int = 0, pixels: Int, channels: Int,
+                destination: UnsafeMutablePointer<UInt8>, destinationStride: Int, duplicate: Bool) {
+        self.source = source; self.sourceStride = sourceStride; self.shift = shift; self.pixels = pixels
+        self.channels = channels; self.destination = destination; self.destinationStride = destinationStride
+        self.duplicate = duplicate
+    }
+}
+
+extension ActivationQuantization {
+    /// Quantizes a run of pixels in one C call (`ptqd_quantize_pixels_u8`), optionally through a channel affine map
+    /// (`scale`/`shift`: the run's `channels` factors and offsets, shared by every pixel; + SiLU): the bytes of one
+    /// `quantize` call per pixel.
+    @inline(__always)
+    public func quantizePixels(_ run: PixelRun, scale: UnsafePointer<Float>? = nil, shift: UnsafePointer<Float>? = nil,
+                               silu: Bool = false) {
+        let mode: Int32 = scale == nil ? 0 : (silu ? 2 : 1)
+        ptqd_quantize_pixels_u8(run.source, run.sourceStride, Int32(run.shift), run.pixels, run.channels, run.destination,
+                                run.destinationStride, run.duplicate ? 1 : 0, scale, shift, mode, 1 / self.scale,
+                                Float(zeroPoint), Float(qmax))
+    }
+}
+

@@ -171,18 +171,18 @@ public final class Int8Conv2D: @unchecked Sendable {
                     let rowBase = buf + (b * ph + py) * pw * rc
                     let iy = py - g.padTop
                     if iy < 0 || iy >= h { rowBase.update(repeating: z, count: pw * rc); continue }
-                    for px in 0..<pw {
-                        let dst = rowBase + px * rc
-                        let ix = px - g.padLeft
-                        if ix < 0 || ix >= w { dst.update(repeating: z, count: rc); continue }
-                        let src = src0 + ((b * sh + (iy >> up)) * sw + (ix >> up)) * g.inChannels + c0
-                        if let affScale, let affShift {
-                            let k = b * g.inChannels + c0
-                            part.quant.quantize(src, dst, count: cp, scale: affScale + k, shift: affShift + k, silu: silu)
-                        } else {
-                            part.quant.quantize(src, dst, count: cp)
-                        }
-                        if part.duplicated { (dst + cp).update(from: dst, count: cp) }
+                    if g.padLeft > 0 { rowBase.update(repeating: z, count: g.padLeft * rc) }
+                    if g.padRight > 0 { (rowBase + (g.padLeft + w) * rc).update(repeating: z, count: g.padRight * rc) }
+                    // The row's w interior pixels in one call (input pixel ix reads source pixel ix >> up).
+                    let pixels = PixelRun(source: src0 + (b * sh + (iy >> up)) * sw * g.inChannels + c0,
+                                          sourceStride: g.inChannels, shift: up, pixels: w, channels: cp,
+                                          destination: rowBase + g.padLeft * rc, destinationStride: rc,
+                                          duplicate: part.duplicated)
+                    if let affScale, let affShift {
+                        let k = b * g.inChannels + c0
+                        part.quant.quantizePixels(pixels, scale: affScale + k, shift: affShift + k, silu: silu)
+                    } else {
+                        part.quant.quantizePixels(pixels)
                     }
                 }
             }
@@ -264,7 +264,7 @@ public final class Int8Linear: @unchecked Sendable {
     private func run(_ x: Tensor, affine: ChannelAffine?) -> Tensor {
         precondition(x.shape.last == inFeatures, "int8 linear expects last dim \(inFeatures), got \(x.shape)")
         let m = x.count / inFeatures
-        let rowsPerSample = affine.map { $0.pixelsPerSample } ?? 1
+        let rowsPerSample = affine.map { $0.pixelsPerSample } ?? max(m, 1)  // no affine: the whole chunk is one run
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
         let src0 = UnsafePointer(x.data)
@@ -273,15 +273,19 @@ public final class Int8Linear: @unchecked Sendable {
         let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: m * rc)
         defer { buf.deallocate() }
         Parallel.forEachChunk(m, minChunk: 64) { rows in
-            for r in rows {
-                let dst = buf + r * rc
+            // Runs of rows of one sample (they share the affine map), one C call each.
+            var r = rows.lowerBound
+            while r < rows.upperBound {
+                let sample = r / rowsPerSample
+                let end = min(rows.upperBound, (sample + 1) * rowsPerSample)
+                let run = PixelRun(source: src0 + r * k, sourceStride: k, pixels: end - r, channels: k,
+                                   destination: buf + r * rc, destinationStride: rc, duplicate: part.duplicated)
                 if let affScale, let affShift {
-                    let off = (r / rowsPerSample) * k
-                    part.quant.quantize(src0 + r * k, dst, count: k, scale: affScale + off, shift: affShift + off, silu: silu)
+                    part.quant.quantizePixels(run, scale: affScale + sample * k, shift: affShift + sample * k, silu: silu)
                 } else {
-                    part.quant.quantize(src0 + r * k, dst, count: k)
+                    part.quant.quantizePixels(run)
                 }
-                if part.duplicated { (dst + k).update(from: dst, count: k) }
+                r = end
             }
         }
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])

@@ -52,6 +52,13 @@ final class KernelISATests: XCTestCase {
             var ints = [UInt8](repeating: 0, count: values.count)
             values.withUnsafeBufferPointer { src in ints.withUnsafeMutableBufferPointer { q.quantize(src.baseAddress!, $0.baseAddress!, count: values.count) } }
             out.append(ints.map(Float.init))
+            // The contiguous run (mode 0, stride = channels) is one elementwise pass: the same bytes.
+            var contiguous = [UInt8](repeating: 0, count: values.count)
+            values.withUnsafeBufferPointer { src in contiguous.withUnsafeMutableBufferPointer {
+                q.quantizePixels(PixelRun(source: src.baseAddress!, sourceStride: 1, pixels: values.count, channels: 1,
+                                          destination: $0.baseAddress!, destinationStride: 1, duplicate: false))
+            } }
+            XCTAssertEqual(contiguous, ints, "\(KernelISA.active): contiguous pixel run")
             // GroupNorm's affine + SiLU fused into the quantizer: the bytes of quantizing the materialized values.
             for c in [13, 40] {
                 let x = random([2, 7, 5, c], seed: UInt64(c + bits), scale: 2, offset: 0.3)
@@ -70,6 +77,28 @@ final class KernelISATests: XCTestCase {
                     }
                     XCTAssertEqual(fused, plain, "\(KernelISA.active): fused affine quantizer differs from materialize + quantize (\(bits) bits, C \(c), silu \(silu))")
                     out.append(fused.map(Float.init))
+                    // A run of pixels in one call (strided source, ×2 upsampling, duplicated halves, affine or not):
+                    // the bytes of one call per pixel.
+                    for (shift, dup, useAffine) in [(0, false, true), (1, true, true), (1, false, false), (0, true, false)] {
+                        let run = 12, stride = c + 3, rc = dup ? 2 * c : c
+                        let src = random([run * stride], seed: UInt64(c * 7 + shift), scale: 2, offset: 0.3)
+                        var batched = [UInt8](repeating: 7, count: (run << shift) * rc), single = batched
+                        let a = affine.scale.data + c, b = affine.shift.data + c  // sample 1's map
+                        batched.withUnsafeMutableBufferPointer { d in
+                            let pr = PixelRun(source: src.data, sourceStride: stride, shift: shift, pixels: run << shift, channels: c,
+                                              destination: d.baseAddress!, destinationStride: rc, duplicate: dup)
+                            if useAffine { q.quantizePixels(pr, scale: a, shift: b, silu: silu) } else { q.quantizePixels(pr) }
+                        }
+                        single.withUnsafeMutableBufferPointer { d in
+                            for p in 0..<(run << shift) {
+                                let s = src.data + (p >> shift) * stride, o = d.baseAddress! + p * rc
+                                if useAffine { q.quantize(s, o, count: c, scale: a, shift: b, silu: silu) } else { q.quantize(s, o, count: c) }
+                                if dup { (o + c).update(from: o, count: c) }
+                            }
+                        }
+                        XCTAssertEqual(batched, single, "\(KernelISA.active): pixel run differs from per-pixel calls (C \(c), shift \(shift), dup \(dup), affine \(useAffine), silu \(silu))")
+                        out.append(batched.map(Float.init))
+                    }
                 }
             }
             let fake = ActivationQuantization.fakeQuantize(Tensor(shape: [values.count, 1], values: values), parts: [(0..<1, q)])

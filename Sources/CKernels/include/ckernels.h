@@ -59,6 +59,14 @@ void ptqd_quantize_u8(const float *x, uint8_t *dst, long n, float inv, float z, 
 /// activation quantizer; the same bytes as ptqd_channel_affine followed by ptqd_quantize_u8.
 void ptqd_affine_quantize_u8(const float *x, uint8_t *dst, long n, const float *a, const float *b, int silu, float inv,
                              float z, float hi);
+/// A run of `pixels` pixels of `c` channels into an integer layer's u8 input, in one call: pixel p reads
+/// src + (p >> shift)·src_stride (shift 1: nearest ×2 upsampling along the run) and writes dst + p·dst_stride, then
+/// copies its c bytes to the next c when `dup` (hi/lo weight halves). mode 0: ptqd_quantize_u8 of the c values;
+/// 1: ptqd_affine_quantize_u8 with a, b (c channels, shared by the run) and no SiLU; 2: with SiLU. The same bytes as
+/// one of those calls per pixel.
+void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long pixels, long c, uint8_t *dst,
+                             long dst_stride, int dup, const float *a, const float *b, int mode, float inv, float z,
+                             float hi);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 /// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
