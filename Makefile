@@ -61,6 +61,10 @@ venv:
 
 fixtures: venv
 	$(PY) tools/make_fixtures.py
+	$(PY) tools/make_latent_fixtures.py
+	$(PY) tools/make_dpm_fixtures.py
+	$(PY) tools/make_eval_fixtures.py
+	$(PY) tools/make_bundled_ldm_fixture.py
 
 ## fp32 throughput vs PyTorch (same weights, same threads), bundled model, a ddpm-cifar10-sized one, and SD-1.5- and
 ## cin256-shaped latent UNets (int8 and bf16 beside, peak memory per forward).

@@ -26,10 +26,14 @@ public final class ProgressReporter {
         if now.timeIntervalSince(lastPrint) < interval && done < total { return }
         lastPrint = now
         let el = now.timeIntervalSince(start)
-        let rate = el > 0 ? Double(done) / el : 0
+        // Under a quarter second (the first report, or work restored from a checkpoint) a rate means nothing.
+        let measured = el >= 0.25
+        let rate = measured ? Double(done) / el : 0
         let eta = rate > 0 ? Double(total - done) / rate : 0
-        let line = String(format: "%@ %d/%d · %.1f %@/s · elapsed %@ · ETA %@%@", label, done, total, rate, unit,
-                          Self.format(el), Self.format(eta), note.isEmpty ? "" : " · " + note)
+        let line = String(format: "%@ %d/%d · %@ %@/s · elapsed %@ · ETA %@%@", label, done, total,
+                          measured ? String(format: "%.1f", rate) : "–", unit,
+                          Self.format(el), done >= total ? "0s" : measured ? Self.format(eta) : "–",
+                          note.isEmpty ? "" : " · " + note)
         FileHandle.standardError.write((line + "\n").data(using: .utf8)!)
     }
 
