@@ -16,13 +16,15 @@ public enum Conditioning {
     case classes([Int])
     /// Cross-attention context `[N, L, D]` fp32.
     case context(Tensor)
+    /// Class embedding vectors `[N, W]` fp32 (`class_embed_type: "identity"` UNets).
+    case embeddings(Tensor)
 
     /// Rows this conditioning covers (nil for `.none`, which fits any batch).
     public var rows: Int? {
         switch self {
         case .none: return nil
         case let .classes(l): return l.count
-        case let .context(t): return t.shape[0]
+        case let .context(t), let .embeddings(t): return t.shape[0]
         }
     }
 
@@ -32,6 +34,7 @@ public enum Conditioning {
         case .none: return .none
         case let .classes(l): return .classes(Array(l[range]))
         case let .context(t): return .context(t.slice(batch: range))
+        case let .embeddings(t): return .embeddings(t.slice(batch: range))
         }
     }
 
@@ -53,6 +56,13 @@ public enum Conditioning {
                 throw ModelError.invalidInput("contexts of different shapes cannot share a batch: \(ts.map(\.shape))")
             }
             return .context(Tensor.concatenate(batch: ts))
+        case .embeddings:
+            var ts: [Tensor] = []
+            for p in parts { guard case let .embeddings(t) = p else { return try mismatch() }; ts.append(t) }
+            guard Set(ts.map { Array($0.shape.dropFirst()) }).count == 1 else {
+                throw ModelError.invalidInput("class embeddings of different widths cannot share a batch: \(ts.map(\.shape))")
+            }
+            return .embeddings(Tensor.concatenate(batch: ts))
         }
         return try mismatch()
         func mismatch() throws -> Conditioning { throw ModelError.invalidInput("cannot batch different kinds of conditioning together") }
@@ -67,6 +77,9 @@ public enum ConditioningKind: Equatable, Sendable {
     case classLabels(tableSize: Int?)
     /// Context tokens `[N, L, width]`.
     case context(width: Int)
+    /// Class embedding vectors `[N, width]` added to the time embedding (`class_embed_type: "identity"`): reachable
+    /// only through the network's own call (`UNet2D.callAsFunction(_:timesteps:condition:)`); samplers refuse it.
+    case classEmbeddings(width: Int)
 }
 
 /// The null conditioning of classifier-free guidance.
@@ -137,6 +150,8 @@ public struct ConditioningSpace {
                 null = nil
             }
             realClasses = 0
+        case let .classEmbeddings(width):
+            throw ModelError.invalidInput("this model's class embedding is 'identity' (it is conditioned on [N, \(width)] embedding vectors, not class labels): ptqd's samplers cannot supply them; use a model with num_class_embeds or a class_embedder/")
         }
     }
 
@@ -159,6 +174,9 @@ public struct ConditioningSpace {
             }
         case (.classLabels, _): throw ModelError.invalidInput("this model needs one class label per image")
         case (.context, _): throw ModelError.invalidInput("this model needs a cross-attention context [N, L, D]")
+        case let (.classEmbeddings(w), .embeddings(t)):
+            guard t.shape == [n, w] else { throw ModelError.invalidInput("class embeddings must be [\(n), \(w)], got \(t.shape)") }
+        case let (.classEmbeddings(w), _): throw ModelError.invalidInput("this model needs [N, \(w)] class embedding vectors (identity class embedding)")
         }
     }
 }
@@ -171,6 +189,7 @@ extension ConditioningKind: CustomStringConvertible {
         case let .classLabels(n?): return "class labels (table of \(n))"
         case .classLabels(nil): return "class labels (sinusoidal, no table)"
         case let .context(w): return "context [N, L, \(w)]"
+        case let .classEmbeddings(w): return "class embedding vectors [N, \(w)] (identity)"
         }
     }
 }

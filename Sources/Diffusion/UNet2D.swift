@@ -281,7 +281,7 @@ extension UNet2D {
         case .none: return .unconditional
         case let .table(n): return .classLabels(tableSize: n)
         case .timestep: return .classLabels(tableSize: nil)
-        case .identity: return .unconditional  // embeddings go through `callAsFunction(_:timesteps:condition:)` only
+        case .identity: return .classEmbeddings(width: config.timeEmbedDim)  // through `callAsFunction(_:timesteps:condition:)` only
         }
     }
 
@@ -290,7 +290,8 @@ extension UNet2D {
     }
 
     public func exampleConditioning(rows: Int) -> Conditioning {
-        isClassConditional ? .classes([Int](repeating: 0, count: rows)) : .none
+        if config.classEmbedding == .identity { return .embeddings(Tensor(shape: [rows, config.timeEmbedDim])) }
+        return isClassConditional ? .classes([Int](repeating: 0, count: rows)) : .none
     }
 
     public func forward(_ x: Tensor, timesteps: [Float], conditioning: Conditioning) throws -> Tensor {
@@ -298,6 +299,7 @@ extension UNet2D {
         case .none: return try self(x, timesteps: timesteps, condition: .none)
         case let .classes(l): return try self(x, timesteps: timesteps, condition: .labels(l))
         case .context: throw ModelError.invalidInput("UNet2DModel has no cross-attention: it takes class labels, not a context")
+        case let .embeddings(e): return try self(x, timesteps: timesteps, condition: .embeddings(e))
         }
     }
 }

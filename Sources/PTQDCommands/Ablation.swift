@@ -45,12 +45,14 @@ struct Ablation: ParsableCommand {
     struct Row { let name: String; let args: [String]; var report: EvaluationReport? }
 
     func run() throws {
+        let source = try model.load()
+        _ = try ConditioningSpace(kind: source.network.conditioningKind)  // refuses what no sampler can condition, before writing
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let base = URL(fileURLWithPath: out)
         let modelArgs = model.model.map { ["--model", $0] } ?? []
         let common = ["--threads", "\(runtime.threads)"] + (quiet ? ["--quiet"] : [])
         let isMixed = scheme.contains(":")
-        let settings = sampler.settings(for: try model.load().scheduler, default: .B)
+        let settings = sampler.settings(for: source.scheduler, default: .B)
         let setting = sampler.resolvedSetting(default: .B)
         let samplerArgs = sampler.arguments(default: .B)
         // The file name says the setting and, when overridden, the sampler actually calibrated for.
@@ -113,7 +115,7 @@ struct Ablation: ParsableCommand {
         for r in table { md += "| " + r.joined(separator: " | ") + " |\n" }
         md += "\nCommands (each row alone):\n\n```\n" + commands.joined(separator: "\n") + "\n```\n"
         var vscNote: String? = nil
-        if let sch = try? Sampler.makeScheduler(settings, config: try model.load().scheduler), !sch.varianceCalibrationApplies {
+        if let sch = try? Sampler.makeScheduler(settings, config: source.scheduler), !sch.varianceCalibrationApplies {
             vscNote = settings.kind == .dpmSolverPlusPlus
                 ? "DPM-Solver++ is a deterministic ODE solver (no injected noise), so VSC does not apply: the +VSC row equals +CNC+BC."
                 : "At eta 0 DDIM injects no noise, so VSC is inactive: the +VSC row equals +CNC+BC."

@@ -130,6 +130,8 @@ public struct CalibrationSet {
             return { r in .classes(Array(labels[r])) }
         case .context:
             throw QuantizationError.calibration("calibrating a cross-attention model needs contexts (--calib-context FILE)")
+        case .classEmbeddings:
+            throw QuantizationError.calibration("this model's class embedding is 'identity' (embedding vectors, not labels): calibration cannot choose its conditioning")
         }
     }
 
@@ -139,6 +141,7 @@ public struct CalibrationSet {
         case .none: return .none
         case let .classes(l): return .classes(rows.map { l[$0] })
         case let .context(t): return .context(t.gather(batch: rows))
+        case let .embeddings(t): return .embeddings(t.gather(batch: rows))
         }
     }
 

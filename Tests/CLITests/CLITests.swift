@@ -119,6 +119,25 @@ final class CLITests: CLITestCase {
         XCTAssertNotEqual(bad.code, 0)
     }
 
+    /// A UNet with `class_embed_type: "identity"` is conditioned on embedding vectors the CLI cannot supply: every
+    /// command that samples refuses it with one line naming the reason, before writing anything.
+    func testIdentityClassEmbeddingModelIsRefusedUpFront() throws {
+        let model = fixturePath("identity_cls_8")
+        let out = tmp.appendingPathComponent("id").path
+        for args in [["sample", "--n", "2", "--out", out + "/x.png"], ["evaluate", "--n", "2", "--out", out, "--quiet"],
+                     ["quantize", "--scheme", "w8a8", "--calib", "2", "--out", out + ".safetensors"],
+                     ["ablation", "--n", "2", "--calib", "2", "--out", out, "--quiet"]] {
+            let r = try run(args + ["--model", model])
+            XCTAssertNotEqual(r.code, 0, "\(args) should fail")
+            let errorLines = r.err.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            XCTAssertEqual(errorLines.count, 1, "\(args): \(r.err)")
+            XCTAssertTrue(r.err.contains("identity") && r.err.contains("embedding vectors"), "\(args): \(r.err)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out), "\(args) created \(out)")
+            XCTAssertFalse(FileManager.default.fileExists(atPath: out + ".safetensors"), "\(args) wrote a file")
+        }
+        XCTAssertEqual(try run(["inspect", model]).code, 0, "inspect still describes the model")
+    }
+
     /// `--time-budget 0` stops after the first batch with exit code 75 and a checkpoint (no report); the same
     /// command then finishes from image 10, and its samples equal an uninterrupted run's bit for bit.
     func testEvaluateTimeBudgetStopsAndTheSameCommandResumes() throws {
