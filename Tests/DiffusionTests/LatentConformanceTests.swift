@@ -52,41 +52,14 @@ final class LatentConformanceTests: XCTestCase {
         }
     }
 
-    func testClassConditionalPipelinesMatchDiffusers() throws {
-        for name in ["ldm_pipe_cin_vq", "ldm_pipe_cin_kl"] {
-            let m = try DiffusionModel.load(Fixtures.model(name))
-            XCTAssertTrue(m.network is ClassContextDenoiser, name)
-            let d = try XCTUnwrap(m.decoder, name)
-            let c = try cases(name)
-            for (prefix, eta) in [("ddim", Float(0)), ("ddim_eta1", 1)] {
-                let steps = try c.info("\(prefix).timesteps").shape[0]
-                let s = try Sampler.makeScheduler(SamplerSettings(kind: .ddim, steps: steps, eta: eta, guidance: 3), config: m.scheduler)
-                XCTAssertEqual(s.timesteps, try c.floats("\(prefix).timesteps").map { Int($0) })
-                let sampler = Sampler(scheduler: s, predictor: try GuidedDenoiser(network: m.network, guidance: 3))
-                let labels = try c.floats("\(prefix).class_labels").map { Int($0) }
-                let noiseName = "\(prefix).variance_noise"
-                let supplied: ((Int, [Int]) -> Tensor)? = c.contains(noiseName) ? { i, _ in try! c.nhwc(noiseName, row: i) } : nil
-                let latents = try sampler.sample(from: try c.nhwc("\(prefix).noise"), conditioning: .classes(labels), noise: supplied)
-                let le = relativeError(latents.array, try c.nhwc("\(prefix).latents").array)
-                XCTAssertLessThanOrEqual(le, 1e-3, "\(name) \(prefix): latents relative error \(le)")
-                let z = latents.copy()
-                for i in 0..<z.count { z.data[i] /= d.scalingFactor }
-                let se = relativeError(try d.decode(z).array, try c.nhwc("\(prefix).samples").array)
-                XCTAssertLessThanOrEqual(se, 1e-3, "\(name) \(prefix): decoded samples relative error \(se)")
-            }
-        }
-    }
-
-    /// The bundled reference model itself (models/fmnist-ldm: KL-f4 + class-conditional UNet2DConditionModel) against
-    /// tools/sample_ldm.py (diffusers 0.27.2) from the same noise: setting A's sampler (DDIM 20, eta 0, guidance 3) and
-    /// DDIM 20 with eta 1 and guidance 1.5 (per-step noise supplied). Decoded images within 1e-3 relative (issue 16).
-    func testBundledLatentModelMatchesDiffusers() throws {
-        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let m = try DiffusionModel.load(repo.appendingPathComponent("models/fmnist-ldm").path)
-        let d = try XCTUnwrap(m.decoder)
-        let c = try cases("ldm_bundled_fmnist")
-        let stale = "(re-exported model? regenerate: .venv-tools/bin/python tools/make_bundled_ldm_fixture.py)"
-        for (prefix, eta, guidance) in [("ddim", Float(0), Float(3)), ("ddim_eta1", 1, 1.5)] {
+    /// Samples `m` from each case's noise (DDIM, the case's eta and guidance; per-step noise when the case has it) and
+    /// checks latents and decoded images against diffusers' within 1e-3 relative. Returns the errors per case.
+    @discardableResult
+    func assertPipelineMatches(_ m: DiffusionModel, _ c: SafeTensorsFile, runs: [(prefix: String, eta: Float, guidance: Float)],
+                               label: String, hint: String = "") throws -> [(latents: Float, samples: Float)] {
+        let d = try XCTUnwrap(m.decoder, label)
+        var errors: [(latents: Float, samples: Float)] = []
+        for (prefix, eta, guidance) in runs {
             let steps = try c.info("\(prefix).timesteps").shape[0]
             let s = try Sampler.makeScheduler(SamplerSettings(kind: .ddim, steps: steps, eta: eta, guidance: guidance), config: m.scheduler)
             XCTAssertEqual(s.timesteps, try c.floats("\(prefix).timesteps").map { Int($0) })
@@ -96,12 +69,34 @@ final class LatentConformanceTests: XCTestCase {
             let supplied: ((Int, [Int]) -> Tensor)? = c.contains(noiseName) ? { i, _ in try! c.nhwc(noiseName, row: i) } : nil
             let latents = try sampler.sample(from: try c.nhwc("\(prefix).noise"), conditioning: .classes(labels), noise: supplied)
             let le = relativeError(latents.array, try c.nhwc("\(prefix).latents").array)
-            XCTAssertLessThanOrEqual(le, 1e-3, "bundled \(prefix): latents relative error \(le) \(stale)")
+            XCTAssertLessThanOrEqual(le, 1e-3, "\(label) \(prefix): latents relative error \(le) \(hint)")
             let z = latents.copy()
             for i in 0..<z.count { z.data[i] /= d.scalingFactor }
             let se = relativeError(try d.decode(z).array, try c.nhwc("\(prefix).samples").array)
-            XCTAssertLessThanOrEqual(se, 1e-3, "bundled \(prefix): decoded samples relative error \(se) \(stale)")
-            print("[bundled ldm] \(prefix): latents \(le), decoded samples \(se) relative to diffusers")
+            XCTAssertLessThanOrEqual(se, 1e-3, "\(label) \(prefix): decoded samples relative error \(se) \(hint)")
+            errors.append((le, se))
+        }
+        return errors
+    }
+
+    func testClassConditionalPipelinesMatchDiffusers() throws {
+        for name in ["ldm_pipe_cin_vq", "ldm_pipe_cin_kl"] {
+            let m = try DiffusionModel.load(Fixtures.model(name))
+            XCTAssertTrue(m.network is ClassContextDenoiser, name)
+            try assertPipelineMatches(m, try cases(name), runs: [("ddim", 0, 3), ("ddim_eta1", 1, 3)], label: name)
+        }
+    }
+
+    /// The bundled reference model itself (models/fmnist-ldm: KL-f4 + class-conditional UNet2DConditionModel) against
+    /// tools/sample_ldm.py (diffusers 0.27.2) from the same noise: setting A's sampler (DDIM 20, eta 0, guidance 3) and
+    /// DDIM 20 with eta 1 and guidance 1.5 (per-step noise supplied). Decoded images within 1e-3 relative (issue 16).
+    func testBundledLatentModelMatchesDiffusers() throws {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let m = try DiffusionModel.load(repo.appendingPathComponent("models/fmnist-ldm").path)
+        let errors = try assertPipelineMatches(m, try cases("ldm_bundled_fmnist"), runs: [("ddim", 0, 3), ("ddim_eta1", 1, 1.5)],
+                                               label: "bundled", hint: "(re-exported model? regenerate: .venv-tools/bin/python tools/make_bundled_ldm_fixture.py)")
+        for (prefix, e) in zip(["ddim", "ddim_eta1"], errors) {
+            print("[bundled ldm] \(prefix): latents \(e.latents), decoded samples \(e.samples) relative to diffusers")
         }
     }
 
