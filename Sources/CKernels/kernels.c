@@ -33,6 +33,7 @@ struct kernel_table {
     void (*affine_quantize_u8)(const float *, uint8_t *, long, const float *, const float *, int, float, float, float);
     void (*quantize_pixels_u8)(const float *, long, int, long, long, uint8_t *, long, int, const float *, const float *, int,
                                float, float, float);
+    void (*geglu)(const float *, const float *, float *, long);
 };
 
 #define TARGET
@@ -122,3 +123,4 @@ void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long 
                              float hi) {
     active->quantize_pixels_u8(src, src_stride, shift, pixels, c, dst, dst_stride, dup, a, b, mode, inv, z, hi);
 }
+void ptqd_geglu(const float *h, const float *g, float *out, long n) { active->geglu(h, g, out, n); }

@@ -44,6 +44,7 @@ final class KernelISATests: XCTestCase {
             let added = a.copy(); Ops.addInPlace(added, b, scale: 0.5); out.append(added.array)
             let scaled = a.copy(); Ops.scaleInPlace(scaled, -3); out.append(scaled.array)
             out.append(FastMath.exp(a.array))
+            out.append(Ops.geglu(Tensor(shape: [1, 2 * count], values: b.array + a.array)).array)
         }
         for bits in [4, 8] {
             let q = ActivationQuantization(lo: -1.3, hi: 2.9, bits: bits)!

@@ -86,6 +86,42 @@ final class KernelTests: XCTestCase {
         }
     }
 
+    /// GEGLU's vectorized erf against the Double definition: pointwise, the GELU factor 1 + erf(g/√2) within 2.5e-7
+    /// absolute (float32's step near 2 is 2.4e-7; PyTorch's CPU erf is within 1.5e-7) and within 5e-5 relative on
+    /// the negative tail (where GELU is below 1e-3·|g|; the rounding of z = g/√2 and z² dominates there), over g in [−14, 14] densely and at the region boundaries (|z| = 1, 9), ±0, ±∞ and NaN.
+    func testGEGLUMatchesDefinition() {
+        var gates: [Float] = (0..<28_001).map { Float($0) * 0.001 - 14 }
+        let edges: [Float] = [1, 9].flatMap { z -> [Float] in
+            let g = z * 2.0.squareRoot()
+            let gf = Float(g)
+            return [gf.nextDown, gf, gf.nextUp, -gf.nextDown, -gf, -gf.nextUp]
+        }
+        gates += edges + [0, -0, 1e-30, -1e-30, 40, -40]
+        let n = gates.count
+        let x = Tensor(shape: [1, 2 * n], values: [Float](repeating: 1, count: n) + gates)
+        let y = Ops.geglu(x)
+        var worstTail: Double = 0
+        for (i, g) in gates.enumerated() {
+            let exact = erfc(-Double(g) / 2.0.squareRoot())  // = 1 + erf(z), without cancellation in the tail
+            let got = Double(y.data[i]) / (0.5 * Double(g))
+            if g == 0 { XCTAssertEqual(y.data[i], 0); continue }
+            let err = abs(got - exact)
+            XCTAssertLessThanOrEqual(err, 2.5e-7, "GELU factor at g = \(g): \(got) vs \(exact)")
+            if g < -1.5 && g > -12.7 {  // the negative tail, |z| ≤ 9: relative accuracy
+                XCTAssertLessThanOrEqual(err / exact, 5e-5, "GELU factor's tail at g = \(g): \(got) vs \(exact)")
+                worstTail = max(worstTail, err / exact)
+            }
+        }
+        print("[geglu] worst relative error of the GELU factor's negative tail: \(worstTail)")
+        // A whole tensor against Reference.geglu (h and gate both random).
+        let t = random([3, 7, 2 * 53], seed: 77, scale: 6)
+        XCTAssertLessThanOrEqual(relativeError(Ops.geglu(t).array, Reference.geglu(t).array), 1e-6)
+        let special = Ops.geglu(Tensor(shape: [1, 6], values: [1, 1, 1, .infinity, -.infinity, .nan]))
+        XCTAssertEqual(special.data[0], .infinity)
+        XCTAssertTrue(special.data[2].isNaN)
+        _ = special.data[1]  // GELU(−∞) = −∞·0: NaN here as in PyTorch's formula; not asserted
+    }
+
     func testResamplingConcatAndLayout() {
         let x = random([2, 3, 5, 4], seed: 13)
         let up = Ops.upsampleNearest2x(x)

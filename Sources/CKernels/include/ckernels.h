@@ -67,6 +67,10 @@ void ptqd_affine_quantize_u8(const float *x, uint8_t *dst, long n, const float *
 void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long pixels, long c, uint8_t *dst,
                              long dst_stride, int dup, const float *a, const float *b, int mode, float inv, float z,
                              float hi);
+/// out[i] = h[i]·GELU(g[i]) with GELU(g) = ½·g·(1 + erf(g/√2)) (GEGLU's two halves of one row, n values each).
+/// erf by a vectorized approximation: absolute error of 1 + erf ≤ 2e-7 (PyTorch's CPU erf: 1.5e-7), relative
+/// error of its negative tail (|z| ≤ 9) ≤ 2e-5; 0 beyond.
+void ptqd_geglu(const float *h, const float *g, float *out, long n);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 /// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
