@@ -34,6 +34,7 @@ struct kernel_table {
     void (*quantize_pixels_u8)(const float *, long, int, long, long, uint8_t *, long, int, const float *, const float *, int,
                                float, float, float);
     void (*geglu)(const float *, const float *, float *, long);
+    void (*layer_norm_row)(const float *, float *, long, const float *, const float *, float);
 };
 
 #define TARGET
@@ -124,3 +125,6 @@ void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long 
     active->quantize_pixels_u8(src, src_stride, shift, pixels, c, dst, dst_stride, dup, a, b, mode, inv, z, hi);
 }
 void ptqd_geglu(const float *h, const float *g, float *out, long n) { active->geglu(h, g, out, n); }
+void ptqd_layer_norm_row(const float *x, float *y, long d, const float *g, const float *b, float eps) {
+    active->layer_norm_row(x, y, d, g, b, eps);
+}

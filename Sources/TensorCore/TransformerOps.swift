@@ -2,7 +2,7 @@
 //
 // Row-wise ops over the last dimension of a tensor, as diffusers' BasicTransformerBlock uses them:
 // LayerNorm (biased variance, affine) and GEGLU (x · GELU(gate) with the erf GELU, erf vectorized in CKernels). Rows are split across
-// threads; each row is two passes in Float with a Double accumulator for the statistics. Plain references:
+// threads; each row is one C call (`ptqd_layer_norm_row`: two passes, float sums over 16 lanes). Plain references:
 // `Reference.layerNorm`, `Reference.geglu`.
 //
 //===----------------------------------------------------------------------===//
@@ -18,21 +18,12 @@ extension Ops {
         precondition(gamma.count == d && beta.count == d, "LayerNorm parameters must be [\(d)]")
         let rows = x.count / d
         let y = Tensor(uninitialized: x.shape)
-        let src = x.data, dst = y.data
+        let src = UnsafePointer(x.data), dst = y.data
         gamma.withUnsafeBufferPointer { g in
             beta.withUnsafeBufferPointer { b in
                 let g = g.baseAddress!, b = b.baseAddress!
                 Parallel.forEachChunk(rows, minChunk: 8) { range in
-                    for r in range {
-                        let row = src + r * d, out = dst + r * d
-                        var sum: Double = 0
-                        for i in 0..<d { sum += Double(row[i]) }
-                        let mean = Float(sum / Double(d))
-                        var sq: Double = 0
-                        for i in 0..<d { let v = row[i] - mean; sq += Double(v * v) }
-                        let inv = 1 / (Float(sq / Double(d)) + eps).squareRoot()
-                        for i in 0..<d { out[i] = (row[i] - mean) * inv * g[i] + b[i] }
-                    }
+                    for r in range { ptqd_layer_norm_row(src + r * d, dst + r * d, d, g, b, eps) }
                 }
             }
         }

@@ -45,6 +45,9 @@ final class KernelISATests: XCTestCase {
             let scaled = a.copy(); Ops.scaleInPlace(scaled, -3); out.append(scaled.array)
             out.append(FastMath.exp(a.array))
             out.append(Ops.geglu(Tensor(shape: [1, 2 * count], values: b.array + a.array)).array)
+            let d = count < 100 ? count : 77
+            out.append(Ops.layerNorm(Tensor(shape: [count / d, d], values: Array(a.array[0..<(count / d * d)])),
+                                     gamma: Array(b.array[0..<d]), beta: Array(a.array[0..<d]), eps: 1e-5).array)
         }
         for bits in [4, 8] {
             let q = ActivationQuantization(lo: -1.3, hi: 2.9, bits: bits)!

@@ -122,6 +122,20 @@ final class KernelTests: XCTestCase {
         _ = special.data[1]  // GELU(−∞) = −∞·0: NaN here as in PyTorch's formula; not asserted
     }
 
+    /// LayerNorm rows (16-lane tails, a row far from zero mean, a constant row) against the Double definition.
+    func testLayerNormMatchesDefinition() {
+        for d in [5, 13, 16, 77, 320] {
+            let x = random([3, 4, d], seed: UInt64(d), scale: 3)
+            for i in 0..<d { x.data[i] += 1000 }  // row 0: large mean, small spread
+            for i in 0..<d { x.data[d + i] = 0.5 }  // row 1: constant (variance 0, eps only)
+            let g = random([d], seed: 1).array, b = random([d], seed: 2).array
+            let fast = Ops.layerNorm(x, gamma: g, beta: b, eps: 1e-5), ref = Reference.layerNorm(x, gamma: g, beta: b, eps: 1e-5)
+            // Row 0's mean (≈ 1000) rounds to float32 at 3e-5 of its spread (any float implementation, PyTorch's too).
+            XCTAssertLessThanOrEqual(relativeError(Array(fast.array[0..<d]), Array(ref.array[0..<d])), 5e-5, "LayerNorm D \(d), mean 1000")
+            XCTAssertLessThanOrEqual(relativeError(Array(fast.array[d...]), Array(ref.array[d...])), 1e-5, "LayerNorm D \(d)")
+        }
+    }
+
     func testResamplingConcatAndLayout() {
         let x = random([2, 3, 5, 4], seed: 13)
         let up = Ops.upsampleNearest2x(x)

@@ -71,6 +71,9 @@ void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long 
 /// erf by a vectorized approximation: absolute error of 1 + erf ≤ 2e-7 (PyTorch's CPU erf: 1.5e-7), relative
 /// error of its negative tail (|z| ≤ 9) ≤ 2e-5; 0 beyond.
 void ptqd_geglu(const float *h, const float *g, float *out, long n);
+/// One row of LayerNorm over d values: y = ((x − mean)·(1/√(var + eps)))·gamma + beta (biased variance, float sums
+/// over 16 lanes in a fixed order).
+void ptqd_layer_norm_row(const float *x, float *y, long d, const float *gamma, const float *beta, float eps);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 /// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
