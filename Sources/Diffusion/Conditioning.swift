@@ -50,22 +50,25 @@ public enum Conditioning {
             for p in parts { guard case let .classes(l) = p else { return try mismatch() }; all += l }
             return .classes(all)
         case .context:
-            var ts: [Tensor] = []
-            for p in parts { guard case let .context(t) = p else { return try mismatch() }; ts.append(t) }
-            guard Set(ts.map { Array($0.shape.dropFirst()) }).count == 1 else {
-                throw ModelError.invalidInput("contexts of different shapes cannot share a batch: \(ts.map(\.shape))")
-            }
-            return .context(Tensor.concatenate(batch: ts))
+            return .context(try stack(parts, what: "contexts of different shapes") { if case let .context(t) = $0 { return t }; return nil })
         case .embeddings:
-            var ts: [Tensor] = []
-            for p in parts { guard case let .embeddings(t) = p else { return try mismatch() }; ts.append(t) }
-            guard Set(ts.map { Array($0.shape.dropFirst()) }).count == 1 else {
-                throw ModelError.invalidInput("class embeddings of different widths cannot share a batch: \(ts.map(\.shape))")
-            }
-            return .embeddings(Tensor.concatenate(batch: ts))
+            return .embeddings(try stack(parts, what: "class embeddings of different widths") { if case let .embeddings(t) = $0 { return t }; return nil })
         }
         return try mismatch()
         func mismatch() throws -> Conditioning { throw ModelError.invalidInput("cannot batch different kinds of conditioning together") }
+    }
+
+    /// The tensors `tensor` extracts from every part, concatenated on the batch axis (equal trailing shapes required).
+    private static func stack(_ parts: [Conditioning], what: String, _ tensor: (Conditioning) -> Tensor?) throws -> Tensor {
+        var ts: [Tensor] = []
+        for p in parts {
+            guard let t = tensor(p) else { throw ModelError.invalidInput("cannot batch different kinds of conditioning together") }
+            ts.append(t)
+        }
+        guard Set(ts.map { Array($0.shape.dropFirst()) }).count == 1 else {
+            throw ModelError.invalidInput("\(what) cannot share a batch: \(ts.map(\.shape))")
+        }
+        return Tensor.concatenate(batch: ts)
     }
 }
 

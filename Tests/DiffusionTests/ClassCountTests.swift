@@ -34,5 +34,15 @@ final class ClassCountTests: XCTestCase {
         guard case let .classes(l) = both else { return XCTFail() }
         XCTAssertEqual(l, [1, 2, 3])
         XCTAssertThrowsError(try Conditioning.concatenate([.classes([1]), .none]))
+        // Contexts and class embeddings stack on the batch axis; trailing shapes and kinds must agree.
+        guard case let .context(c) = try Conditioning.concatenate([.context(Tensor(shape: [1, 2, 4])), .context(Tensor(shape: [2, 2, 4]))]) else { return XCTFail() }
+        XCTAssertEqual(c.shape, [3, 2, 4])
+        XCTAssertThrowsError(try Conditioning.concatenate([.context(Tensor(shape: [1, 2, 4])), .context(Tensor(shape: [1, 3, 4]))]))
+        guard case let .embeddings(e) = try Conditioning.concatenate([.embeddings(Tensor(shape: [2, 8])), .embeddings(Tensor(shape: [1, 8]))]) else { return XCTFail() }
+        XCTAssertEqual(e.shape, [3, 8])
+        XCTAssertThrowsError(try Conditioning.concatenate([.embeddings(Tensor(shape: [2, 8])), .embeddings(Tensor(shape: [1, 9]))]))
+        XCTAssertThrowsError(try Conditioning.concatenate([.embeddings(Tensor(shape: [2, 8])), .context(Tensor(shape: [2, 1, 8]))]))
+        // An identity class-embedding space refuses sampling; validate checks the embeddings' shape.
+        XCTAssertThrowsError(try ConditioningSpace(kind: .classEmbeddings(width: 8))) { XCTAssertTrue("\($0)".contains("identity"), "\($0)") }
     }
 }
