@@ -16,9 +16,9 @@ and prints the share of CPU samples per category. Load time is excluded by subtr
 import argparse, collections, os, re, subprocess, sys, tempfile
 
 CATEGORIES = [
-    ("fused norm+SiLU→u8", re.compile(r"affine_quantize_u8", re.I)),
+    ("fused norm+SiLU→u8", re.compile(r"affine_quantize_u8|affine_pixels_u8", re.I)),
     ("norm", re.compile(r"channel_affine|channel_sums|groupNorm|layerNorm|layer_norm", re.I)),
-    ("quantize", re.compile(r"quantize_u8|fake_quantize|ActivationQuantization", re.I)),
+    ("quantize", re.compile(r"quantize_u8|plain_pixels_u8|fake_quantize|ActivationQuantization", re.I)),
     ("attention", re.compile(r"softmax", re.I)),
     ("elementwise", re.compile(r"residual|silu|geglu|gelu|addInPlace|timestepEmbedding|_add|scale", re.I)),
     ("copies", re.compile(r"memmove|memcpy|memset|concat|reshaped|slice|gather|upsample|copy|toNCHW|fromNCHW|pad", re.I)),

@@ -51,8 +51,8 @@ enum ShardCommand {
     /// Runs `body` with `directory` (when it exists) as the current directory, restoring it afterwards.
     static func inWorkingDirectory<T>(_ directory: String, _ body: () throws -> T) rethrows -> T {
         let cwd = FileManager.default.currentDirectoryPath
-        if FileManager.default.fileExists(atPath: directory) { FileManager.default.changeCurrentDirectoryPath(directory) }
-        defer { FileManager.default.changeCurrentDirectoryPath(cwd) }
+        if FileManager.default.fileExists(atPath: directory) { _ = FileManager.default.changeCurrentDirectoryPath(directory) }
+        defer { _ = FileManager.default.changeCurrentDirectoryPath(cwd) }
         return try body()
     }
 }

@@ -4,7 +4,8 @@
 // followed by SiLU, and the result usually feeds one weight layer. When that layer quantizes its input (the integer
 // kernels), writing the normalized fp32 tensor only to read it back and write u8 is two wasted passes over memory:
 // `ChannelAffine` carries the un-normalized source and the affine map, and a consumer applies it where it reads —
-// the integer kernels while writing their padded u8 input (`ptqd_affine_quantize_u8`), everything else through
+// the integer kernels while writing their padded u8 input (a row of pixels per `ptqd_quantize_pixels_u8` call, the
+// operations of `ptqd_affine_quantize_u8`), everything else through
 // `materialize()`. Both run the same C operations in the same order, so the integer kernel's bytes are the bytes
 // quantizing `materialize()` would give.
 //

@@ -1,8 +1,9 @@
 //===--- TransformerOps.swift - LayerNorm and GEGLU for transformer blocks -----===//
 //
 // Row-wise ops over the last dimension of a tensor, as diffusers' BasicTransformerBlock uses them:
-// LayerNorm (biased variance, affine) and GEGLU (x · GELU(gate) with the erf GELU, erf vectorized in CKernels). Rows are split across
-// threads; each row is one C call (`ptqd_layer_norm_row`: two passes, float sums over 16 lanes). Plain references:
+// LayerNorm (biased variance, affine) and GEGLU (x · GELU(gate) with the erf GELU, erf vectorized in CKernels).
+// Rows are split across threads; each row is one C call (`ptqd_layer_norm_row`: two passes, float sums over 16
+// lanes; `ptqd_geglu`). Plain references:
 // `Reference.layerNorm`, `Reference.geglu`.
 //
 //===----------------------------------------------------------------------===//
