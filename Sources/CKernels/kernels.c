@@ -35,6 +35,7 @@ struct kernel_table {
                                float, float, float);
     void (*geglu)(const float *, const float *, float *, long);
     void (*layer_norm_row)(const float *, float *, long, const float *, const float *, float);
+    long (*int_softmax_u8)(const int32_t *, long, int32_t, const int32_t *, float, float, float *, uint8_t *, float, float);
 };
 
 #define TARGET
@@ -127,4 +128,8 @@ void ptqd_quantize_pixels_u8(const float *src, long src_stride, int shift, long 
 void ptqd_geglu(const float *h, const float *g, float *out, long n) { active->geglu(h, g, out, n); }
 void ptqd_layer_norm_row(const float *x, float *y, long d, const float *g, const float *b, float eps) {
     active->layer_norm_row(x, y, d, g, b, eps);
+}
+long ptqd_int_softmax_u8(const int32_t *raw, long n, int32_t row, const int32_t *col, float sqk, float scale, float *scratch,
+                         uint8_t *out, float inv, float hi) {
+    return active->int_softmax_u8(raw, n, row, col, sqk, scale, scratch, out, inv, hi);
 }

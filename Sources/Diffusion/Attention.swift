@@ -9,25 +9,14 @@
 // unsigned with zero point 0, before the two activation×activation products. The products then run on
 // exactly the grid values an integer kernel would see, in fp32 arithmetic (exact while the integer sums
 // stay below 2^24: d·qmax² for q·kᵀ, L·255·qmax for P·v; beyond that fp32 rounds them at 2^-24 relative).
-// They are not faster than fp32: int8 attention kernels are future work.
+// That is the simulation (the reference). With `integerProducts` (a quantized file in integer mode) the products
+// run as u8 × s8 matmuls in oneDNN (`TensorCore.IntegerAttention`) wherever they are exact — VNNI and AMX CPUs;
+// elsewhere the simulation runs. The two differ only where the simulation's fp32 sums move a probability across a
+// rounding boundary of its 8-bit grid.
 //
 //===----------------------------------------------------------------------===//
 
 import TensorCore
-
-/// The four quantizers of one attention: q, k, v (activation bits) and the softmax probabilities (8-bit,
-/// unsigned, zero point 0).
-public struct AttentionQuantization: Codable, Equatable, Sendable {
-    public var query: ActivationQuantization
-    public var key: ActivationQuantization
-    public var value: ActivationQuantization
-    public var probabilities: ActivationQuantization
-
-    public init(query: ActivationQuantization, key: ActivationQuantization, value: ActivationQuantization,
-                probabilities: ActivationQuantization) {
-        self.query = query; self.key = key; self.value = value; self.probabilities = probabilities
-    }
-}
 
 /// Receives an attention's operands during calibration.
 public protocol AttentionObserving: AnyObject {
@@ -46,6 +35,10 @@ public final class MultiHeadAttention {
     public var quantization: AttentionQuantization?
     /// Calibration hook (nil in normal runs).
     public var observer: AttentionObserving?
+    /// With `quantization`: run the two products in integers where `IntegerAttention.supports` them (set for quantized
+    /// files in integer mode); false runs the fp32 simulation.
+    public var integerProducts = false
+    private lazy var integer = IntegerAttention(heads: heads, headDim: headDim)
     /// Largest score buffer (floats) one chunk may allocate by default: 4 Mi floats = 16 MiB.
     public static let defaultScoreBudget = 1 << 22
     /// Largest score buffer (floats) of one query chunk (at least one query row is always computed).
@@ -60,6 +53,12 @@ public final class MultiHeadAttention {
     public func callAsFunction(q q0: Tensor, k k0: Tensor, v v0: Tensor, batch n: Int, queries t: Int, keys l: Int) -> Tensor {
         let d = headDim, inner = heads * d
         observer?.observe(query: q0, key: k0, value: v0)
+        let chunk = max(1, min(t, scoreBudget / max(n * heads * l, 1)))
+        if let aq = quantization, integerProducts, observer == nil {
+            if IntegerAttention.supports(aq, headDim: d, keys: l) {
+                return integer(q: q0, k: k0, v: v0, batch: n, queries: t, keys: l, quantizers: aq, chunk: chunk)
+            }
+        }
         var q = q0, k = k0, v = v0
         if let aq = quantization {
             q = ActivationQuantization.fakeQuantize(q0, parts: [(0..<inner, aq.query)])
@@ -67,7 +66,6 @@ public final class MultiHeadAttention {
             v = ActivationQuantization.fakeQuantize(v0, parts: [(0..<inner, aq.value)])
         }
         let o = Tensor(uninitialized: [n, t, inner])
-        let chunk = max(1, min(t, scoreBudget / max(n * heads * l, 1)))
         let s = Tensor(uninitialized: [n, heads, chunk, l])
         var start = 0
         while start < t {

@@ -83,6 +83,29 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// Integer products (`integerProducts`, as quantized files run in integer mode) stay within the same tolerance of the
+    /// Float64 reference as the simulation; on CPUs without VNNI they fall back to the simulation, bit for bit.
+    func testIntegerProductsMatchReference() {
+        for bits in [8, 4] {
+            let q = random([2, 21, 16], seed: 14), k = random([2, 21, 16], seed: 15, scale: 2), v = random([2, 21, 16], seed: 16)
+            let aq = AttentionQuantization(query: ActivationQuantization(lo: -2.5, hi: 2.2, bits: bits)!,
+                                           key: ActivationQuantization(lo: -4, hi: 5, bits: bits)!,
+                                           value: ActivationQuantization(lo: -2, hi: 3, bits: bits)!,
+                                           probabilities: ActivationQuantization(lo: 0, hi: 0.8, bits: 8)!)
+            let a = MultiHeadAttention(name: "test", heads: 2, headDim: 8)
+            a.quantization = aq
+            a.scoreBudget = 2 * 2 * 21 * 6
+            let simulated = a(q: q, k: k, v: v, batch: 2, queries: 21, keys: 21)
+            a.integerProducts = true
+            let integer = a(q: q, k: k, v: v, batch: 2, queries: 21, keys: 21)
+            let ref = reference(q: q, k: k, v: v, heads: 2, quant: aq)
+            XCTAssertLessThan(maxRelative(integer, ref), 1e-5, "\(bits) bits, integer products (oneDNN \(DNNL.isaName))")
+            if !IntegerAttention.isExactOnThisCPU {
+                XCTAssertEqual(integer.array, simulated.array, "without VNNI the integer mode runs the simulation")
+            }
+        }
+    }
+
     /// The conditional UNet computes a cross-attention's k and v once while the context is unchanged, recomputes
     /// them for a new context or kernel, and never skips a kernel that must see every call.
     func testCrossAttentionKeyValueCache() throws {

@@ -1,3 +1,4 @@
+import CKernels
 import TensorCore
 import XCTest
 
@@ -36,6 +37,21 @@ final class KernelISATests: XCTestCase {
         let s = random([5, 77], seed: 5, scale: 20)
         Ops.softmaxRowsInPlace(s.data, rows: 5, length: 77, scale: 0.125)
         out.append(s.array)
+        // The integer attention's softmax row: the bytes (and level sum) of convert + softmax_row + quantize.
+        for n in [7, 77] {
+            let raw: [Int32] = (0..<n).map { Int32(($0 * 7919) % 4001) - 2000 }, col: [Int32] = (0..<n).map { Int32(($0 * 31) % 97) - 50 }
+            let pq = ActivationQuantization(lo: 0, hi: 0.7, bits: 8)!
+            var scratch = [Float](repeating: 0, count: n), fused = [UInt8](repeating: 0, count: n)
+            let sum = scratch.withUnsafeMutableBufferPointer { sc in fused.withUnsafeMutableBufferPointer {
+                ptqd_int_softmax_u8(raw, n, -123, col, 0.003, 0.25, sc.baseAddress!, $0.baseAddress!, 1 / pq.scale, Float(pq.qmax))
+            } }
+            var row = (0..<n).map { Float(raw[$0] - 123 + col[$0]) * 0.003 }, plain = [UInt8](repeating: 0, count: n)
+            row.withUnsafeMutableBufferPointer { ptqd_softmax_row($0.baseAddress!, n, 0.25) }
+            row.withUnsafeBufferPointer { r in plain.withUnsafeMutableBufferPointer { pq.quantize(r.baseAddress!, $0.baseAddress!, count: n) } }
+            XCTAssertEqual(fused, plain, "\(KernelISA.active): integer softmax row (n \(n))")
+            XCTAssertEqual(sum, plain.reduce(0) { $0 + Int($1) }, "\(KernelISA.active): integer softmax level sum")
+            out.append(fused.map(Float.init))
+        }
         for count in [13, 16 * 2048 * 2 + 7] {
             let a = random([count], seed: 6, scale: 30), b = random([count], seed: 7)
             out.append(Ops.silu(a).array)

@@ -74,6 +74,12 @@ void ptqd_geglu(const float *h, const float *g, float *out, long n);
 /// One row of LayerNorm over d values: y = ((x − mean)·(1/√(var + eps)))·gamma + beta (biased variance, float sums
 /// over 16 lanes in a fixed order).
 void ptqd_layer_norm_row(const float *x, float *y, long d, const float *gamma, const float *beta, float eps);
+/// One row of quantized attention probabilities from integer scores (the integer attention's softmax): scratch[j] =
+/// (float)(raw[j] + row + col[j])·sqk, then ptqd_softmax_row(scratch, n, scale), then out[j] =
+/// ptqd_quantize_u8 levels of scratch[j] with zero point 0 (inv = 1/step, hi = largest level). Returns Σ out[j].
+/// The same bytes as those three steps run one after another. scratch: n floats; it may not alias raw.
+long ptqd_int_softmax_u8(const int32_t *raw, long n, int32_t row, const int32_t *col, float sqk, float scale, float *scratch,
+                         uint8_t *out, float inv, float hi);
 /// x[i] ← (clamp(round_half_even(x[i]·inv) + z, 0, hi) − z)·s: the values the integer path computes with.
 void ptqd_fake_quantize(float *x, long n, float inv, float z, float hi, float s);
 /// dst[i] = bfloat16(x[i]), round to nearest even (NaN stays a quiet NaN): the upper 16 bits of the rounded float.
