@@ -15,9 +15,10 @@
 //
 // Exactness needs oneDNN's int8 matmuls to be exact for any s8 operand: VNNI or AMX. Without VNNI, oneDNN 2.6
 // multiplies with vpmaddubsw, which saturates pairs of u8·s8 products at 16 bits, so `supports` is false there and
-// callers run the fp32 simulation instead. Layouts (chosen so oneDNN picks its brgemm kernels, measured: a q operand
-// read with a head stride fell back to a 3× slower gemm): q is written per head contiguously `[N, heads, T, d]`;
-// k and v stay in token layout `[N, L, heads·d]`, read with strides.
+// callers run the fp32 simulation instead. Layouts (chosen so oneDNN 2.6 picks its brgemm kernels; measured: a q
+// operand read with a token stride, or as a slice of a longer per-head plane, falls back to a 3–10× slower gemm): q is
+// written as one dense `[N, heads, tc, d]` block per query chunk; k and v stay in token layout `[N, L, heads·d]`,
+// read with strides.
 //
 //===----------------------------------------------------------------------===//
 
@@ -43,7 +44,7 @@ public struct AttentionQuantization: Codable, Equatable, Sendable {
 public final class IntegerAttention: @unchecked Sendable {
     public let heads: Int, headDim: Int
 
-    private struct ScoreKey: Hashable { let n, t, tc, l: Int }
+    private struct ScoreKey: Hashable { let n, tc, l: Int }
     private struct ValueKey: Hashable { let n, tc, l: Int }
     private struct Plan { let prim: DNNLPrimitive; let a, b, c: DNNLMemory }
     private var scorePlans: [ScoreKey: Plan] = [:], valuePlans: [ValueKey: Plan] = [:]
@@ -70,10 +71,10 @@ public final class IntegerAttention: @unchecked Sendable {
         precondition(q.count == n * t * inner && k.count == n * l * inner && v.count == n * l * inner,
                      "integer attention shapes: q \(q.shape) k \(k.shape) v \(v.shape) for \(heads)x\(d)")
         precondition(Self.supports(z, headDim: d, keys: l), "integer attention is not exact for this CPU or configuration")
-        let operands = QuantizedOperands(q: q, k: k, v: v, n: n, t: t, l: l, heads: heads, d: d, z: z)
+        let tcMax = max(1, min(chunk, t))
+        let operands = QuantizedOperands(q: q, k: k, v: v, n: n, t: t, l: l, heads: heads, d: d, chunk: tcMax, z: z)
         defer { operands.deallocate() }
         let o = Tensor(uninitialized: [n, t, inner])
-        let tcMax = max(1, min(chunk, t))
         let raw = UnsafeMutablePointer<Int32>.allocate(capacity: n * heads * tcMax * l)
         let probs = UnsafeMutablePointer<UInt8>.allocate(capacity: n * heads * tcMax * l)
         let rowP = UnsafeMutablePointer<Int32>.allocate(capacity: n * heads * tcMax)
@@ -86,8 +87,8 @@ public final class IntegerAttention: @unchecked Sendable {
         while start < t {
             let tc = min(tcMax, t - start)
             // Scores: [N, heads, tc, d] u8 · [N, heads, d, L] s8 → [N, heads, tc, L] s32.
-            let sp = scorePlan(n: n, t: t, tc: tc, l: l)
-            sp.a.setHandle(UnsafeMutableRawPointer(operands.q + start * d))
+            let sp = scorePlan(n: n, tc: tc, l: l)
+            sp.a.setHandle(UnsafeMutableRawPointer(operands.q + start * n * heads * d))
             sp.b.setHandle(UnsafeMutableRawPointer(operands.k))
             sp.c.setHandle(UnsafeMutableRawPointer(raw))
             sp.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: sp.a.memory),
@@ -126,11 +127,11 @@ public final class IntegerAttention: @unchecked Sendable {
         return o
     }
 
-    private func scorePlan(n: Int, t: Int, tc: Int, l: Int) -> Plan {
-        let key = ScoreKey(n: n, t: t, tc: tc, l: l)
+    private func scorePlan(n: Int, tc: Int, l: Int) -> Plan {
+        let key = ScoreKey(n: n, tc: tc, l: l)
         if let p = scorePlans[key] { return p }
         let d = headDim, inner = heads * d
-        let p = Self.makePlan(a: dnnlMD([n, heads, tc, d], dnnl_u8, strides: [heads * t * d, t * d, d, 1]),
+        let p = Self.makePlan(a: dnnlMD([n, heads, tc, d], dnnl_u8, strides: [heads * tc * d, tc * d, d, 1]),
                               b: dnnlMD([n, heads, d, l], dnnl_s8, strides: [l * inner, d, 1, inner]),
                               c: dnnlMD([n, heads, tc, l], dnnl_s32, strides: [heads * tc * l, tc * l, l, 1]), what: "scores")
         scorePlans[key] = p
@@ -161,7 +162,8 @@ public final class IntegerAttention: @unchecked Sendable {
 
 /// q, k, v on their grids as the two products read them, and the score corrections (see the file comment).
 struct QuantizedOperands {
-    /// `[N, heads, T, d]` u8 levels of q.
+    /// u8 levels of q, one dense `[N, heads, tc, d]` block per chunk of `chunk` queries (the last may be shorter):
+    /// chunk c starts at c·chunk·N·heads·d.
     let q: UnsafeMutablePointer<UInt8>
     /// `[N, L, heads·d]` s8: k's levels − 128 (and v's).
     let k: UnsafeMutablePointer<Int8>, v: UnsafeMutablePointer<Int8>
@@ -170,7 +172,7 @@ struct QuantizedOperands {
     /// `[N·heads, L]`: −z_q·Σ_e k'_je.
     let colCorrection: UnsafeMutablePointer<Int32>
 
-    init(q x: Tensor, k: Tensor, v: Tensor, n: Int, t: Int, l: Int, heads: Int, d: Int, z: AttentionQuantization) {
+    init(q x: Tensor, k: Tensor, v: Tensor, n: Int, t: Int, l: Int, heads: Int, d: Int, chunk: Int, z: AttentionQuantization) {
         let inner = heads * d
         q = .allocate(capacity: n * t * inner)
         self.k = .allocate(capacity: n * l * inner)
@@ -179,12 +181,14 @@ struct QuantizedOperands {
         colCorrection = .allocate(capacity: n * heads * l)
         let (qq, kk, vv, rc, cc) = (q, self.k, self.v, rowCorrection, colCorrection)
         let zq = z.query.zeroPoint, ck = 128 - z.key.zeroPoint
-        // q: each token row's heads into their own [T, d] planes.
+        // q: each token row's heads into its chunk's [N, heads, tc, d] block.
         Parallel.forEachChunk(n * t, minChunk: 64) { range in
             for row in range {
                 let b = row / t, i = row % t
+                let c = i / chunk, tc = min(chunk, t - c * chunk)
+                let block = qq + c * chunk * n * heads * d
                 for h in 0..<heads {
-                    let dst = qq + ((b * heads + h) * t + i) * d
+                    let dst = block + ((b * heads + h) * tc + i - c * chunk) * d
                     z.query.quantize(x.data + row * inner + h * d, dst, count: d)
                     var s: Int32 = 0
                     for e in 0..<d { s += Int32(dst[e]) }
