@@ -79,13 +79,17 @@ bench: build venv
 	test -d out/bench-sd15 || $(PY) tools/bench_torch.py --make-random-model out/bench-sd15 --config sd15
 	test -f out/bench-sd15-w8a8.safetensors || $(PTQD) quantize --model out/bench-sd15 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
 	  --calib-context out/bench-sd15/context.safetensors --group-size 64 --batch 2 --out out/bench-sd15-w8a8.safetensors
-	$(PTQD) bench --model out/bench-sd15 --batches 1,2 --seconds 1 --context-length 77 --quantized out/bench-sd15-w8a8.safetensors \
-	  --torch-python $(PY) --json out/bench-sd15.json
+	test -f out/bench-sd15-w8a8-attn.safetensors || $(PTQD) quantize --model out/bench-sd15 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
+	  --calib-context out/bench-sd15/context.safetensors --group-size 64 --batch 2 --quantize-attention --out out/bench-sd15-w8a8-attn.safetensors
+	$(PTQD) bench --model out/bench-sd15 --batches 1,2 --seconds 1 --context-length 77 \
+	  --quantized out/bench-sd15-w8a8.safetensors,out/bench-sd15-w8a8-attn.safetensors --torch-python $(PY) --json out/bench-sd15.json
 	test -d out/bench-cin256 || $(PY) tools/bench_torch.py --make-random-model out/bench-cin256 --config cin256
 	test -f out/bench-cin256-w8a8.safetensors || $(PTQD) quantize --model out/bench-cin256 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
 	  --calib-context out/bench-cin256/context.safetensors --group-size 64 --batch 2 --out out/bench-cin256-w8a8.safetensors
-	$(PTQD) bench --model out/bench-cin256 --batches 1,2 --seconds 1 --quantized out/bench-cin256-w8a8.safetensors \
-	  --torch-python $(PY) --json out/bench-cin256.json
+	test -f out/bench-cin256-w8a8-attn.safetensors || $(PTQD) quantize --model out/bench-cin256 --scheme w8a8 --calib 1 --steps 2 --guidance 1 \
+	  --calib-context out/bench-cin256/context.safetensors --group-size 64 --batch 2 --quantize-attention --out out/bench-cin256-w8a8-attn.safetensors
+	$(PTQD) bench --model out/bench-cin256 --batches 1,2 --seconds 1 \
+	  --quantized out/bench-cin256-w8a8.safetensors,out/bench-cin256-w8a8-attn.safetensors --torch-python $(PY) --json out/bench-cin256.json
 
 train-ddpm: venv
 	OMP_WAIT_POLICY=PASSIVE $(PY) tools/train_ddpm.py --work out/ddpm-train --minutes 90

@@ -109,7 +109,7 @@ struct Bench: ParsableCommand {
                     let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
                     let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
                     print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@%@",
-                                 r.label.padding(toLength: 6, withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
+                                 r.label.padding(toLength: max(6, r.label.count), withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
                                  q.convGflops, 100 * eff, r.label, q.imagesPerSecond / fp,
                                  dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", q.memoryNote))
                     if let bfr = bf16ByBatch[b] {

@@ -149,7 +149,8 @@ public final class PipelineModel {
         correctionSettings = cs
         force = overrides.force
         let names = q.info.variants.map(\.name).joined(separator: ":")
-        label = names + (doc?.plan != nil ? " mixed" : "") + (cs.correctsPrediction || cs.calibratesVariance ? " +\(cs.method.rawValue)" : "")
+        label = names + (doc?.plan != nil ? " mixed" : "") + (q.attentionVariants.contains { !$0.isEmpty } ? " +attn" : "")
+            + (cs.correctsPrediction || cs.calibratesVariance ? " +\(cs.method.rawValue)" : "")
             + (mode == .simulate ? " (simulated)" : "")
         path = file
         weightsFile = file
