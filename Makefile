@@ -45,7 +45,7 @@ demo-pixel: build
 ## kernel suites run a second time with oneDNN capped at AVX2 (no VNNI: 8-bit weights take the exact hi+lo
 ## path) and the C kernels at AVX2, so both int8 paths are tested on a VNNI machine; on an AVX2-only machine
 ## the two runs take the same paths (the VNNI direct path needs VNNI hardware).
-INTEGER_SUITES := Int8KernelTests|IntegerVsSimulate|KernelISATests|KernelTests
+INTEGER_SUITES := Int8KernelTests|IntegerVsSimulate|KernelISATests|KernelTests|AttentionTests
 test: setup
 	$(SWIFT) build $(SWIFTFLAGS) --build-tests -Xswiftc -enable-testing
 	$(SWIFT) test $(SWIFTFLAGS) -Xswiftc -enable-testing --skip-build

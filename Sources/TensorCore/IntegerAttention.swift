@@ -24,6 +24,7 @@
 
 import CDNNL
 import CKernels
+import Foundation
 
 /// The four quantizers of one attention: q, k, v (activation bits) and the softmax probabilities (8-bit,
 /// unsigned, zero point 0).
@@ -53,6 +54,12 @@ public final class IntegerAttention: @unchecked Sendable {
         precondition(heads > 0 && headDim > 0, "integer attention: \(heads) heads of \(headDim)")
         self.heads = heads; self.headDim = headDim
     }
+
+    /// Whether quantized files in integer mode use this path (`PTQD_INTEGER_ATTENTION=1`); off by default, because
+    /// on the Xeon it was measured on (docs/benchmarks.md, session 12) it was not reliably faster than the fp32
+    /// simulation: SD-1.5-shaped UNet −9% to +22% per forward across runs, cin256-shaped +13% slower. Off, the
+    /// products run on the same grid values in fp32.
+    nonisolated(unsafe) public static var isEnabled: Bool = ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] == "1"
 
     /// Whether oneDNN's int8 matmuls are exact on this CPU (VNNI or AMX; see the file comment).
     public static var isExactOnThisCPU: Bool { DNNL.hasVNNI }

@@ -114,14 +114,22 @@ final class LatentCLITests: CLITestCase {
         // Random weights give latents of ±50: the 8-bit attention may add at most half again to W4A8's error vs fp32.
         func rms(_ a: [Float]) -> Double { (zip(a, fp).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(fp.count)).squareRoot() }
         XCTAssertLessThan(rms(tensors[1]), 1.5 * rms(tensors[0]), "attention quantization error is small next to the weights' and layers'")
-        // Integer attention products (VNNI/AMX; elsewhere the simulation) against the fp32 simulation of the same file.
+        // Integer attention products (PTQD_INTEGER_ATTENTION=1; VNNI/AMX, elsewhere the simulation) against the fp32
+        // simulation of the same file.
+        let intOut = tmpPath("s-int.safetensors")
+        var env = ProcessInfo.processInfo.environment
+        env["PTQD_INTEGER_ATTENTION"] = "1"
+        let integerRun = try run(["sample", "--model", model, "--quantized", attn, "--n", "4", "--steps", "4", "--classes", "all",
+                                  "--out", tmpPath("g.png"), "--save-tensors", intOut, "--quiet"], environment: env)
+        XCTAssertEqual(integerRun.code, 0, integerRun.err)
+        let integerAttention = try SafeTensorsFile(path: intOut).floats("latents")
         let simOut = tmpPath("s-sim.safetensors")
         let sim = try run(["sample", "--model", model, "--quantized", attn, "--simulate", "--n", "4", "--steps", "4", "--classes", "all",
                            "--out", tmpPath("g.png"), "--save-tensors", simOut])
         XCTAssertEqual(sim.code, 0, sim.err)
         XCTAssertTrue(sim.out.contains("w4a8 +attn"), "the label names quantized attention: \(sim.out)")
         let simulated = try SafeTensorsFile(path: simOut).floats("latents")
-        let intVsSim = (zip(tensors[1], simulated).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(fp.count)).squareRoot()
+        let intVsSim = (zip(integerAttention, simulated).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(fp.count)).squareRoot()
         XCTAssertLessThan(intVsSim, 0.1 * rms(tensors[1]), "integer vs simulated sampling of one file (oneDNN \(DNNL.isaName))")
         // A file whose attention record names a missing attention, or holds a bad quantizer, is refused.
         func edited(_ name: String, _ change: (inout [String: Any]) -> Void) throws -> String {

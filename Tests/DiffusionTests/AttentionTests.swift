@@ -64,14 +64,19 @@ final class AttentionTests: XCTestCase {
         }
     }
 
+    /// q, k, v grids at `bits` for the random tensors below, and 8-bit probabilities.
+    func exampleQuantization(bits: Int) -> AttentionQuantization {
+        AttentionQuantization(query: ActivationQuantization(lo: -2.5, hi: 2.2, bits: bits)!,
+                              key: ActivationQuantization(lo: -4, hi: 5, bits: bits)!,
+                              value: ActivationQuantization(lo: -2, hi: 3, bits: bits)!,
+                              probabilities: ActivationQuantization(lo: 0, hi: 0.8, bits: 8)!)
+    }
+
     /// Quantized q, k, v (4 and 8 bits) and 8-bit probabilities give the reference's grid values.
     func testQuantizedAttentionMatchesReference() {
         for bits in [8, 4] {
             let q = random([1, 20, 8], seed: 4), k = random([1, 20, 8], seed: 5, scale: 2), v = random([1, 20, 8], seed: 6)
-            let aq = AttentionQuantization(query: ActivationQuantization(lo: -2.5, hi: 2.2, bits: bits)!,
-                                           key: ActivationQuantization(lo: -4, hi: 5, bits: bits)!,
-                                           value: ActivationQuantization(lo: -2, hi: 3, bits: bits)!,
-                                           probabilities: ActivationQuantization(lo: 0, hi: 0.8, bits: 8)!)
+            let aq = exampleQuantization(bits: bits)
             let a = MultiHeadAttention(name: "test", heads: 2, headDim: 4)
             a.quantization = aq
             a.scoreBudget = 2 * 20 * 7
@@ -88,10 +93,7 @@ final class AttentionTests: XCTestCase {
     func testIntegerProductsMatchReference() {
         for bits in [8, 4] {
             let q = random([2, 21, 16], seed: 14), k = random([2, 21, 16], seed: 15, scale: 2), v = random([2, 21, 16], seed: 16)
-            let aq = AttentionQuantization(query: ActivationQuantization(lo: -2.5, hi: 2.2, bits: bits)!,
-                                           key: ActivationQuantization(lo: -4, hi: 5, bits: bits)!,
-                                           value: ActivationQuantization(lo: -2, hi: 3, bits: bits)!,
-                                           probabilities: ActivationQuantization(lo: 0, hi: 0.8, bits: 8)!)
+            let aq = exampleQuantization(bits: bits)
             let a = MultiHeadAttention(name: "test", heads: 2, headDim: 8)
             a.quantization = aq
             a.scoreBudget = 2 * 2 * 21 * 6

@@ -7,13 +7,7 @@ final class IntegerAttentionTests: XCTestCase {
     override class func setUp() { DNNL.setThreads(2) }
 
     func random(_ shape: [Int], seed: UInt64, scale: Float = 1, offset: Float = 0) -> Tensor {
-        var s = seed &* 6364136223846793005 &+ 1442695040888963407
-        let t = Tensor(shape: shape)
-        for i in 0..<t.count {
-            s = s &* 6364136223846793005 &+ 1442695040888963407
-            t.data[i] = (Float(s >> 40) / Float(1 << 24) * 2 - 1) * scale + offset
-        }
-        return t
+        uniformTensor(shape, seed: seed, scale: scale, offset: offset)
     }
 
     func quantizers(bits: Int) -> AttentionQuantization {
