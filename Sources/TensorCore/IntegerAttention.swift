@@ -45,10 +45,9 @@ public struct AttentionQuantization: Codable, Equatable, Sendable {
 public final class IntegerAttention: @unchecked Sendable {
     public let heads: Int, headDim: Int
 
-    private struct ScoreKey: Hashable { let n, tc, l: Int }
-    private struct ValueKey: Hashable { let n, tc, l: Int }
+    private struct ChunkKey: Hashable { let n, tc, l: Int }
     private struct Plan { let prim: DNNLPrimitive; let a, b, c: DNNLMemory }
-    private var scorePlans: [ScoreKey: Plan] = [:], valuePlans: [ValueKey: Plan] = [:]
+    private var chunkPlans: [ChunkKey: (scores: Plan, values: Plan)] = [:]
 
     public init(heads: Int, headDim: Int) {
         precondition(heads > 0 && headDim > 0, "integer attention: \(heads) heads of \(headDim)")
@@ -94,7 +93,7 @@ public final class IntegerAttention: @unchecked Sendable {
         while start < t {
             let tc = min(tcMax, t - start)
             // Scores: [N, heads, tc, d] u8 · [N, heads, d, L] s8 → [N, heads, tc, L] s32.
-            let sp = scorePlan(n: n, tc: tc, l: l)
+            let (sp, vp) = plans(n: n, tc: tc, l: l)
             sp.a.setHandle(UnsafeMutableRawPointer(operands.q + start * n * heads * d))
             sp.b.setHandle(UnsafeMutableRawPointer(operands.k))
             sp.c.setHandle(UnsafeMutableRawPointer(raw))
@@ -114,7 +113,6 @@ public final class IntegerAttention: @unchecked Sendable {
                 }
             }
             // Values: [N, heads, tc, L] u8 · [N, heads, L, d] s8 → [N, heads, tc, d] s32.
-            let vp = valuePlan(n: n, tc: tc, l: l)
             vp.a.setHandle(UnsafeMutableRawPointer(probs))
             vp.b.setHandle(UnsafeMutableRawPointer(operands.v))
             vp.c.setHandle(UnsafeMutableRawPointer(outRaw))
@@ -134,25 +132,20 @@ public final class IntegerAttention: @unchecked Sendable {
         return o
     }
 
-    private func scorePlan(n: Int, tc: Int, l: Int) -> Plan {
-        let key = ScoreKey(n: n, tc: tc, l: l)
-        if let p = scorePlans[key] { return p }
+    /// The two products of one chunk shape, created on first use: scores `[N, heads, tc, d] u8 · [N, heads, d, L] s8 →
+    /// [N, heads, tc, L] s32` and values `[N, heads, tc, L] u8 · [N, heads, L, d] s8 → [N, heads, tc, d] s32`; k and v
+    /// are read in token layout `[N, L, heads·d]`.
+    private func plans(n: Int, tc: Int, l: Int) -> (scores: Plan, values: Plan) {
+        let key = ChunkKey(n: n, tc: tc, l: l)
+        if let p = chunkPlans[key] { return p }
         let d = headDim, inner = heads * d
-        let p = Self.makePlan(a: dnnlMD([n, heads, tc, d], dnnl_u8, strides: [heads * tc * d, tc * d, d, 1]),
-                              b: dnnlMD([n, heads, d, l], dnnl_s8, strides: [l * inner, d, 1, inner]),
-                              c: dnnlMD([n, heads, tc, l], dnnl_s32, strides: [heads * tc * l, tc * l, l, 1]), what: "scores")
-        scorePlans[key] = p
-        return p
-    }
-
-    private func valuePlan(n: Int, tc: Int, l: Int) -> Plan {
-        let key = ValueKey(n: n, tc: tc, l: l)
-        if let p = valuePlans[key] { return p }
-        let d = headDim, inner = heads * d
-        let p = Self.makePlan(a: dnnlMD([n, heads, tc, l], dnnl_u8, strides: [heads * tc * l, tc * l, l, 1]),
-                              b: dnnlMD([n, heads, l, d], dnnl_s8, strides: [l * inner, d, inner, 1]),
-                              c: dnnlMD([n, heads, tc, d], dnnl_s32, strides: [heads * tc * d, tc * d, d, 1]), what: "values")
-        valuePlans[key] = p
+        let p = (scores: Self.makePlan(a: dnnlMD([n, heads, tc, d], dnnl_u8, strides: [heads * tc * d, tc * d, d, 1]),
+                                       b: dnnlMD([n, heads, d, l], dnnl_s8, strides: [l * inner, d, 1, inner]),
+                                       c: dnnlMD([n, heads, tc, l], dnnl_s32, strides: [heads * tc * l, tc * l, l, 1]), what: "scores"),
+                 values: Self.makePlan(a: dnnlMD([n, heads, tc, l], dnnl_u8, strides: [heads * tc * l, tc * l, l, 1]),
+                                       b: dnnlMD([n, heads, l, d], dnnl_s8, strides: [l * inner, d, inner, 1]),
+                                       c: dnnlMD([n, heads, tc, d], dnnl_s32, strides: [heads * tc * d, tc * d, d, 1]), what: "values"))
+        chunkPlans[key] = p
         return p
     }
 
