@@ -16,7 +16,7 @@
 // Exactness needs oneDNN's int8 matmuls to be exact for any s8 operand: VNNI or AMX. Without VNNI, oneDNN 2.6
 // multiplies with vpmaddubsw, which saturates pairs of u8·s8 products at 16 bits, so `supports` is false there and
 // callers run the fp32 simulation instead. Layouts (chosen so oneDNN 2.6 picks its brgemm kernels; measured: a q
-// operand read with a token stride, or as a slice of a longer per-head plane, falls back to a 3–10× slower gemm): q is
+// operand read with a token stride, or as a slice of a longer per-head plane, falls back to a 3–4× slower gemm): q is
 // written as one dense `[N, heads, tc, d]` block per query chunk; k and v stay in token layout `[N, L, heads·d]`,
 // read with strides.
 //
