@@ -35,8 +35,9 @@ public final class MultiHeadAttention {
     public var quantization: AttentionQuantization?
     /// Calibration hook (nil in normal runs).
     public var observer: AttentionObserving?
-    /// With `quantization`: run the two products in integers where `IntegerAttention.supports` them (set for quantized
-    /// files in integer mode); false runs the fp32 simulation.
+    /// With `quantization`: the network runs in integer mode (set for quantized files in integer mode), so the two
+    /// products run in integers when `IntegerAttention.isEnabled` and `IntegerAttention.supports` them; otherwise, and
+    /// when false, the fp32 simulation runs.
     public var integerProducts = false
     private lazy var integer = IntegerAttention(heads: heads, headDim: headDim)
     /// Largest score buffer (floats) one chunk may allocate by default: 4 Mi floats = 16 MiB.
@@ -54,7 +55,7 @@ public final class MultiHeadAttention {
         let d = headDim, inner = heads * d
         observer?.observe(query: q0, key: k0, value: v0)
         let chunk = max(1, min(t, scoreBudget / max(n * heads * l, 1)))
-        if let aq = quantization, integerProducts, observer == nil {
+        if let aq = quantization, integerProducts, IntegerAttention.isEnabled, observer == nil {
             if IntegerAttention.supports(aq, headDim: d, keys: l) {
                 return integer(q: q0, k: k0, v: v0, batch: n, queries: t, keys: l, quantizers: aq, chunk: chunk)
             }

@@ -55,14 +55,16 @@ public enum Conditioning {
             return .embeddings(try stack(parts, what: "class embeddings of different widths") { if case let .embeddings(t) = $0 { return t }; return nil })
         }
         return try mismatch()
-        func mismatch() throws -> Conditioning { throw ModelError.invalidInput("cannot batch different kinds of conditioning together") }
+        func mismatch() throws -> Conditioning { throw kindMismatch }
     }
+
+    private static var kindMismatch: ModelError { .invalidInput("cannot batch different kinds of conditioning together") }
 
     /// The tensors `tensor` extracts from every part, concatenated on the batch axis (equal trailing shapes required).
     private static func stack(_ parts: [Conditioning], what: String, _ tensor: (Conditioning) -> Tensor?) throws -> Tensor {
         var ts: [Tensor] = []
         for p in parts {
-            guard let t = tensor(p) else { throw ModelError.invalidInput("cannot batch different kinds of conditioning together") }
+            guard let t = tensor(p) else { throw kindMismatch }
             ts.append(t)
         }
         guard Set(ts.map { Array($0.shape.dropFirst()) }).count == 1 else {

@@ -287,7 +287,7 @@ public final class LayerQuantizer {
                 site.observer = nil
                 let q = try capture.quantization(bits: recipe.attentionBits!, method: recipe.rangeMethod, name: site.name)
                 site.quantization = q
-                site.integerProducts = mode == .integer && IntegerAttention.isEnabled  // as the file will run, so later groups and statistics see it
+                site.integerProducts = mode == .integer  // as the file will run, so later groups and statistics see it
                 attentionRecords.append(QuantizedAttention(name: site.name, quantization: q))
             }
         }

@@ -258,7 +258,7 @@ public final class QuantizedModel {
                 throw QuantizationError.file(path: path, reason: "quantized attention \(a.name) does not exist in \(owner)")
             }
             site.quantization = a.quantization
-            site.integerProducts = mode == .integer && IntegerAttention.isEnabled
+            site.integerProducts = mode == .integer
         }
     }
 

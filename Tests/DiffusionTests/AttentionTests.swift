@@ -91,6 +91,9 @@ final class AttentionTests: XCTestCase {
     /// Integer products (`integerProducts`, as quantized files run in integer mode) stay within the same tolerance of the
     /// Float64 reference as the simulation; on CPUs without VNNI they fall back to the simulation, bit for bit.
     func testIntegerProductsMatchReference() {
+        let enabled = IntegerAttention.isEnabled
+        IntegerAttention.isEnabled = true
+        defer { IntegerAttention.isEnabled = enabled }
         for bits in [8, 4] {
             let q = random([2, 21, 16], seed: 14), k = random([2, 21, 16], seed: 15, scale: 2), v = random([2, 21, 16], seed: 16)
             let aq = exampleQuantization(bits: bits)
