@@ -12,7 +12,10 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure UNet forward throughput (images/s) and conv efficiency; optionally next to PyTorch in the same run.",
         discussion: """
-        Timing: median of repeated forwards after warm-up. Conv efficiency = conv FLOPs (2·MACs, padded taps) /
+        Timing: every variant (fp32, bf16 where the CPU has it, each --quantized file) is timed in interleaved
+        rounds, one forward of each per round, after warm-up; each reports its median, and each ratio to fp32 also
+        as the 10th–90th percentile of the round-by-round ratios (a drifting machine widens that range instead of
+        skewing the ratio). Conv efficiency = conv FLOPs (2·MACs, padded taps) /
         time inside conv kernels / this machine's peak, measured in the same run by timing the instruction mix
         oneDNN uses on this CPU on every thread at once (FMA for fp32; vpmaddubsw, VNNI vpdpbusd or AMX tdpbusd
         for int8), never derived from the /proc/cpuinfo clock (the base clock on these VMs). The PyTorch peer runs
@@ -49,22 +52,74 @@ struct Bench: ParsableCommand {
         var costConditioning: Conditioning? = nil
         if case let .context(width) = unet.conditioningKind, contextLength > 1 { costConditioning = .context(Tensor(shape: [1, contextLength, width])) }
         let costs = try LayerCosts.measure(unet, conditioning: costConditioning)
-        let peaks = Self.measurePeaks(threads: runtime.threads)
+        var peaks = Self.measurePeaks(threads: runtime.threads)
         print("cpu: \(Self.cpuModel()); oneDNN ISA \(DNNL.isaName)\(DNNL.hasVNNI ? "" : " (no VNNI: 8-bit weights run as hi+lo halves)"); our kernels \(KernelISA.active)")
         print("measured peak on \(runtime.threads) threads: " + peaks.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
         let gmac = Double(costs.totalMACs) / 1e9
         print(String(format: "model %@: %.2f M params, %.3f GMAC/image (conv %.3f), %d threads, oneDNN %@",
                      path, Double(costs.parameters) / 1e6, gmac, Double(costs.convMACs) / 1e9, runtime.threads, DNNL.version))
-        var ours: [[String: Any]] = []
+        // Everything timed in this run: fp32, bf16 where the CPU has it, and each quantized file (a mixed-precision
+        // file as its networks, each weighted by its share of the steps).
+        var contenders = [Contender(label: "ours", file: nil, parts: [(unet, 1)], duplicated: 0)]
+        if DNNL.hasBF16 {
+            // bf16 (oneDNN bf16 convolution and matmul, fp32 accumulation): the free alternative where the CPU has it.
+            let bf = try DiffusionModel.load(path).network
+            for l in bf.layers { l.kernel = l.makeBF16Kernel() }
+            contenders.append(Contender(label: "bf16", file: nil, parts: [(bf, 1)], duplicated: 0))
+        }
+        for f in (quantizedFiles ?? "").split(separator: ",").map(String.init) {
+            let r = try PipelineModel(quantizedFile: f, mode: .integer)
+            let dup = r.network.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
+            // Mixed precision: time every variant; throughput = 1 / Σ_v (share of steps_v / images/s_v).
+            let shares: [Double] = {
+                guard let plan = r.correction?.plan, r.networks.count > 1, !plan.schemes.isEmpty else { return [1] }
+                return r.networks.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
+            }()
+            contenders.append(Contender(label: r.label, file: f, parts: zip(r.networks, shares).filter { $0.1 > 0 }.map { ($0.0, $0.1) },
+                                        duplicated: dup))
+        }
+        var ours: [[String: Any]] = [], bf16Rows: [[String: Any]] = [], qrows: [[String: Any]] = []
         for b in bs {
-            let r = try measure(unet, batch: b, convMACs: costs.convMACs)
-            let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
-            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of measured fp32 peak%@",
-                         b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
-            ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
-                         "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff,
-                         "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
-                         "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
+            let results = try measureInterleaved(contenders, batch: b, convMACs: costs.convMACs)
+            // This VM's peaks move with its neighbours' load: measure again after the rounds and rate convs against the
+            // best figure of the run (so efficiencies are not inflated by a slow moment at the start).
+            let again = Self.measurePeaks(threads: runtime.threads)
+            print("measured peak again after batch \(b): " + again.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
+            peaks = Self.bestPeaks(peaks, again)
+            for (c, r) in zip(contenders, results) {
+                let paired = r.pairedSpeedup.map { String(format: " (paired rounds %.2f–%.2f×)", $0.lo, $0.hi) } ?? ""
+                switch c.label {
+                case "ours":
+                    let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
+                    print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of the best measured fp32 peak%@",
+                                 b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
+                    ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
+                                 "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff, "rounds": r.rounds,
+                                 "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
+                                 "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
+                case "bf16" where c.file == nil:
+                    print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×%@%@",
+                                 b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.speedup, paired, r.memoryNote))
+                    bf16Rows.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.speedup,
+                                     "speedup_vs_fp32_paired": r.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull()])
+                default:
+                    let eff = peaks.int8.map { r.convGflops / $0 } ?? .nan
+                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of the best measured int8 peak  →  %@/fp32 = %.2f×%@%@%@",
+                                 c.label.padding(toLength: max(6, c.label.count), withPad: " ", startingAt: 0), b, r.imagesPerSecond, r.msPerForward,
+                                 r.convGflops, 100 * eff, c.label, r.speedup, paired,
+                                 c.duplicated > 0 ? " (\(c.duplicated) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", r.memoryNote))
+                    let bfIndex = contenders.firstIndex { $0.label == "bf16" && $0.file == nil }
+                    let vsBF16 = bfIndex.map { r.imagesPerSecond / results[$0].imagesPerSecond }
+                    if let vsBF16 { print(String(format: "                  %@/bf16 = %.2f×", c.label, vsBF16)) }
+                    qrows.append(["file": c.file ?? "", "label": c.label, "batch": b, "images_per_s": r.imagesPerSecond,
+                                  "speedup_vs_bf16": vsBF16 ?? NSNull(),
+                                  "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.speedup,
+                                  "speedup_vs_fp32_paired": r.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull(),
+                                  "conv_gops": r.convGflops, "conv_fraction_of_int8_peak": eff,
+                                  "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
+                                  "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
+                }
+            }
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
                                      "onednn": DNNL.version, "isa": DNNL.isaName, "kernel_isa": KernelISA.active.description,
@@ -72,59 +127,8 @@ struct Bench: ParsableCommand {
                                      "measured_peaks_gops": Dictionary(uniqueKeysWithValues: peaks.all.map { ($0.0.description, $0.1) })]
         if let p = peaks.fp32 { report["fp32_peak_gflops"] = p }
         if let p = peaks.int8 { report["int8_peak_gops"] = p }
-        // bf16 (oneDNN bf16 convolution and matmul, fp32 accumulation): the free alternative where the CPU has it.
-        var bf16ByBatch: [Int: Double] = [:]
-        if DNNL.hasBF16 {
-            let bf = try DiffusionModel.load(path).network
-            for l in bf.layers { l.kernel = l.makeBF16Kernel() }
-            var rows: [[String: Any]] = []
-            for b in bs {
-                let r = try measure(bf, batch: b, convMACs: costs.convMACs)
-                let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
-                bf16ByBatch[b] = r.imagesPerSecond
-                print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×%@",
-                             b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.imagesPerSecond / fp, r.memoryNote))
-                rows.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.imagesPerSecond / fp])
-            }
-            report["bf16"] = rows
-        }
-        if let files = quantizedFiles {
-            var qrows: [[String: Any]] = []
-            for f in files.split(separator: ",").map(String.init) {
-                let r = try PipelineModel(quantizedFile: f, mode: .integer)
-                let dup = r.network.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
-                // Mixed precision: time every variant; throughput = 1 / Σ_v (share of steps_v / images/s_v).
-                let shares: [Double] = {
-                    guard let plan = r.correction?.plan, r.networks.count > 1, !plan.schemes.isEmpty else { return [1] }
-                    return r.networks.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
-                }()
-                for b in bs {
-                    let parts = try zip(r.networks, shares).filter { $0.1 > 0 }.map { try (measure($0.0, batch: b, convMACs: costs.convMACs), $0.1) }
-                    let perImage = parts.reduce(0.0) { $0 + $1.1 / $1.0.imagesPerSecond }
-                    let ms = parts.reduce(0.0) { $0 + $1.1 * $1.0.msPerForward }
-                    let conv = parts.reduce(0.0) { $0 + $1.1 * $1.0.convGflops }
-                    let q = Result(imagesPerSecond: 1 / perImage, msPerForward: ms, convGflops: conv,
-                                   residentBytes: parts.compactMap(\.0.residentBytes).max(), peakAboveBytes: parts.compactMap(\.0.peakAboveBytes).max(),
-                                   activationPeakBytes: parts.compactMap(\.0.activationPeakBytes).max())
-                    let fp = ours.first { ($0["batch"] as? Int) == b }?["images_per_s"] as? Double ?? .nan
-                    let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
-                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of measured int8 peak  →  %@/fp32 = %.2f×%@%@",
-                                 r.label.padding(toLength: max(6, r.label.count), withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
-                                 q.convGflops, 100 * eff, r.label, q.imagesPerSecond / fp,
-                                 dup > 0 ? " (\(dup) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", q.memoryNote))
-                    if let bfr = bf16ByBatch[b] {
-                        print(String(format: "                  %@/bf16 = %.2f×", r.label, q.imagesPerSecond / bfr))
-                    }
-                    qrows.append(["file": f, "label": r.label, "batch": b, "images_per_s": q.imagesPerSecond,
-                                  "speedup_vs_bf16": bf16ByBatch[b].map { q.imagesPerSecond / $0 } ?? NSNull(),
-                                  "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.imagesPerSecond / fp,
-                                  "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff,
-                                  "rss_after_warmup_bytes": q.residentBytes ?? NSNull(), "peak_above_rss_bytes": q.peakAboveBytes ?? NSNull(),
-                                  "activation_peak_bytes": q.activationPeakBytes ?? NSNull()])
-                }
-            }
-            report["quantized"] = qrows
-        }
+        if !bf16Rows.isEmpty { report["bf16"] = bf16Rows }
+        if quantizedFiles != nil { report["quantized"] = qrows }
         if !torchPython.isEmpty {
             if let peer = try runPeer(modelPath: path) {
                 report["torch"] = peer
@@ -163,8 +167,32 @@ struct Bench: ParsableCommand {
         return (all, rate(match.fp32), rate(match.int8))
     }
 
+    /// One thing timed: a network, or a mixed-precision file's networks, each weighted by its share of the steps.
+    struct Contender {
+        let label: String
+        let file: String?
+        let parts: [(network: Denoiser, share: Double)]
+        /// Layers whose 8-bit weights run as hi+lo halves (no VNNI).
+        let duplicated: Int
+    }
+
+    /// Per mix, the larger of two measurements.
+    static func bestPeaks(_ a: (all: [(PeakMix, Double)], fp32: Double?, int8: Double?),
+                          _ b: (all: [(PeakMix, Double)], fp32: Double?, int8: Double?)) -> (all: [(PeakMix, Double)], fp32: Double?, int8: Double?) {
+        func best(_ x: Double?, _ y: Double?) -> Double? { x.map { x in max(x, y ?? x) } ?? y }
+        let all = a.all.map { m in (m.0, max(m.1, b.all.first { $0.0 == m.0 }?.1 ?? m.1)) }
+        return (all, best(a.fp32, b.fp32), best(a.int8, b.int8))
+    }
+
     struct Result {
         let imagesPerSecond: Double; let msPerForward: Double; let convGflops: Double
+        /// Images/s over the first contender's (fp32), from the two medians.
+        var speedup: Double = 1
+        /// fp32's forward time over this one's, round by round (both timed back to back in each round): the
+        /// 10th percentile, median and 90th percentile, so a drifting machine shows as a wide range instead of a
+        /// wrong ratio. nil for fp32 itself.
+        var pairedSpeedup: (lo: Double, median: Double, hi: Double)? = nil
+        var rounds = 0
         /// RSS after warm-up (weights, reordered weights, cached primitives) and the peak of one forward above it.
         var residentBytes: Int? = nil, peakAboveBytes: Int? = nil
         /// Most bytes of tensors alive at once during one forward (activations; exact).
@@ -176,8 +204,82 @@ struct Bench: ParsableCommand {
         }
     }
 
-    /// Times UNet forwards at batch `b`; conv time is measured by timing wrappers around conv kernels.
-    func measure(_ unet: Denoiser, batch b: Int, convMACs: Int) throws -> Result {
+    /// The inputs every contender gets at batch `b`: seeded noise, spread timesteps, and the model's conditioning.
+    func inputs(_ unet: Denoiser, batch b: Int) -> (x: Tensor, t: [Float], cond: Conditioning) {
+        var gen = GaussianStream(seed: 1, index: UInt64(b))
+        let x = Tensor(shape: [b] + unet.sampleShape)
+        gen.fill(x.data, count: x.count)
+        let t = (0..<b).map { Float(($0 * 997) % 1000) }
+        let classes = (try? ConditioningSpace(kind: unet.conditioningKind).realClasses) ?? 0
+        if classes > 0 { return (x, t, .classes((0..<b).map { $0 % classes })) }
+        if case let .context(width) = unet.conditioningKind, contextLength > 1 {
+            let c = Tensor(shape: [b, contextLength, width])
+            gen.fill(c.data, count: c.count)
+            return (x, t, .context(c))
+        }
+        return (x, t, unet.exampleConditioning(rows: b))
+    }
+
+    /// Times every contender at batch `b` in interleaved rounds (one forward of each per round, in turn), until each
+    /// has run for `seconds` and at least 5 rounds: a machine whose speed drifts slows every contender alike, so the
+    /// ratios stay meaningful. Then conv time per contender, by timing wrappers around its conv kernels.
+    func measureInterleaved(_ contenders: [Contender], batch b: Int, convMACs: Int) throws -> [Result] {
+        let (x, t, cond) = inputs(contenders[0].parts[0].network, batch: b)
+        func forward(_ n: Denoiser) throws -> Double {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            _ = try n.forward(x, timesteps: t, conditioning: cond)
+            return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        }
+        // Warm-up (primitive creation, weight reorders), then one forward's memory, per network.
+        var memory: [[(resident: Int?, peakAbove: Int?, activations: Int)]] = []
+        for c in contenders {
+            var m: [(resident: Int?, peakAbove: Int?, activations: Int)] = []
+            for (n, _) in c.parts {
+                for _ in 0..<2 { _ = try forward(n) }
+                TensorStorage.resetPeakLive()
+                let liveBefore = TensorStorage.liveBytes.now
+                let peak = try ProcessMemory.peakAbove { try n.forward(x, timesteps: t, conditioning: cond) }
+                m.append((peak.resident, peak.peakAbove, TensorStorage.liveBytes.peak - liveBefore))
+            }
+            memory.append(m)
+        }
+        var times = [[Double]](repeating: [], count: contenders.count)
+        var spent = [Double](repeating: 0, count: contenders.count)
+        while times[0].count < 5 || spent.contains(where: { $0 < seconds }) {
+            for (i, c) in contenders.enumerated() {
+                var round = 0.0, wall = 0.0
+                for (n, share) in c.parts { let s = try forward(n); round += share * s; wall += s }
+                times[i].append(round)
+                spent[i] += wall
+            }
+        }
+        func median(_ v: [Double]) -> Double { let s = v.sorted(); return s[s.count / 2] }
+        func percentile(_ v: [Double], _ p: Double) -> Double { let s = v.sorted(); return s[min(s.count - 1, Int(p * Double(s.count - 1) + 0.5))] }
+        let fpMedian = median(times[0])
+        var results: [Result] = []
+        for (i, c) in contenders.enumerated() {
+            let med = median(times[i])
+            var convSeconds = 0.0
+            for (n, share) in c.parts { convSeconds += share * (try convTime(n, x: x, t: t, cond: cond, reps: 3)) }
+            var r = Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
+                           convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9)
+            r.rounds = times[i].count
+            r.speedup = fpMedian / med
+            if i > 0 {
+                let ratios = zip(times[0], times[i]).map { $0 / $1 }
+                r.pairedSpeedup = (percentile(ratios, 0.1), median(ratios), percentile(ratios, 0.9))
+            }
+            r.residentBytes = memory[i].compactMap(\.resident).max()
+            r.peakAboveBytes = memory[i].compactMap(\.peakAbove).max()
+            r.activationPeakBytes = memory[i].map(\.activations).max()
+            results.append(r)
+        }
+        return results
+    }
+
+    /// Seconds per forward inside `unet`'s conv kernels (wrappers time each conv; they add a little overhead to the
+    /// whole forward, so this runs apart from the timed rounds).
+    func convTime(_ unet: Denoiser, x: Tensor, t: [Float], cond: Conditioning, reps: Int) throws -> Double {
         final class Timed: WeightLayerKernel {
             let inner: WeightLayerKernel; var seconds = 0.0
             init(_ i: WeightLayerKernel) { inner = i }
@@ -203,47 +305,13 @@ struct Bench: ParsableCommand {
                 return y
             }
         }
-        var gen = GaussianStream(seed: 1, index: UInt64(b))
-        let x = Tensor(shape: [b] + unet.sampleShape)
-        gen.fill(x.data, count: x.count)
-        let t = (0..<b).map { Float(($0 * 997) % 1000) }
-        let classes = (try? ConditioningSpace(kind: unet.conditioningKind).realClasses) ?? 0
-        let cond: Conditioning
-        if classes > 0 {
-            cond = .classes((0..<b).map { $0 % classes })
-        } else if case let .context(width) = unet.conditioningKind, contextLength > 1 {
-            let c = Tensor(shape: [b, contextLength, width])
-            gen.fill(c.data, count: c.count)
-            cond = .context(c)
-        } else {
-            cond = unet.exampleConditioning(rows: b)
-        }
-        for _ in 0..<2 { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
-        TensorStorage.resetPeakLive()
-        let liveBefore = TensorStorage.liveBytes.now
-        let memory = try ProcessMemory.peakAbove { try unet.forward(x, timesteps: t, conditioning: cond) }
-        let activationPeak = TensorStorage.liveBytes.peak - liveBefore
-        var times: [Double] = []
-        let start = Date()
-        while times.count < 3 || Date().timeIntervalSince(start) < seconds {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            _ = try unet.forward(x, timesteps: t, conditioning: cond)
-            times.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-        }
-        times.sort()
-        let med = times[times.count / 2]
-        // Conv-only time in a separate pass (wrappers add a little overhead to the whole-forward time).
         let convLayers = unet.layers.filter { if case .conv = $0.kind { return true }; return false }
         let originals = convLayers.map(\.kernel)
         let timed = originals.map(Timed.init)
         for (l, k) in zip(convLayers, timed) { l.kernel = k }
         defer { for (l, k) in zip(convLayers, originals) { l.kernel = k } }
-        let reps = max(3, times.count / 2)
         for _ in 0..<reps { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
-        let convSeconds = timed.reduce(0) { $0 + $1.seconds } / Double(reps)
-        return Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
-                      convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9,
-                      residentBytes: memory.resident, peakAboveBytes: memory.peakAbove, activationPeakBytes: activationPeak)
+        return timed.reduce(0) { $0 + $1.seconds } / Double(reps)
     }
 
     /// Runs tools/bench_torch.py as the PyTorch peer; nil (with a note) if it cannot run.

@@ -6,8 +6,9 @@
 // The variant is chosen at run time from CPUID, so a plain `swift build -c release` is as fast
 // as a build for the host CPU, and a package that depends on us gets the same speed.
 //
-// Every variant computes bit-identical results: the same operations in the same order, no FMA
-// contraction (`#pragma clang fp contract(off)`), rounding by the same magic-number add. The
+// Every variant computes bit-identical results: the same operations in the same order, no implicit FMA
+// contraction (`#pragma clang fp contract(off)`; the vector exp fuses its multiply-adds explicitly, in every
+// variant, the generic one through libm's fmaf), rounding by the same magic-number add. The
 // tests run each variant the machine supports against the plain references in Swift
 // (`TensorCore.Reference`) and against each other.
 //
