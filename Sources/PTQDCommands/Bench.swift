@@ -12,14 +12,14 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure UNet forward throughput (images/s) and conv efficiency; optionally next to PyTorch in the same run.",
         discussion: """
-        Timing: every variant (fp32, bf16 where the CPU has it, each --quantized file) is timed in interleaved
-        rounds, one forward of each per round, after warm-up; each reports its median, and each ratio to fp32 also
-        as the 10th–90th percentile of the round-by-round ratios (a drifting machine widens that range instead of
-        skewing the ratio). Conv efficiency = conv FLOPs (2·MACs, padded taps) /
-        time inside conv kernels / this machine's peak, measured in the same run by timing the instruction mix
-        oneDNN uses on this CPU on every thread at once (FMA for fp32; vpmaddubsw, VNNI vpdpbusd or AMX tdpbusd
-        for int8), never derived from the /proc/cpuinfo clock (the base clock on these VMs). The PyTorch peer runs
-        tools/bench_torch.py with the same weights and thread count, with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
+        Timing: each --quantized file is timed beside fp32 (and bf16 where the CPU has it) in interleaved rounds, \
+        one forward of each per round, after warm-up; each reports its median, and each ratio to fp32 also as the \
+        10th–90th percentile of the round-by-round ratios (a drifting machine widens that range instead of skewing \
+        the ratio). fp32 and bf16 lines come from the rounds beside the first file. Conv efficiency = conv FLOPs (2·MACs, padded taps) / \
+        time inside conv kernels / the best peak measured in this run (at the start and after each batch) by timing the instruction mix \
+        oneDNN uses on this CPU on every thread at once (FMA for fp32; vpmaddubsw, VNNI vpdpbusd or AMX tdpbusd \
+        for int8), never derived from the /proc/cpuinfo clock (the base clock on these VMs). The PyTorch peer runs \
+        tools/bench_torch.py with the same weights and thread count, with OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE \
         removed from its environment only.
         """)
 
@@ -58,16 +58,31 @@ struct Bench: ParsableCommand {
         let gmac = Double(costs.totalMACs) / 1e9
         print(String(format: "model %@: %.2f M params, %.3f GMAC/image (conv %.3f), %d threads, oneDNN %@",
                      path, Double(costs.parameters) / 1e6, gmac, Double(costs.convMACs) / 1e9, runtime.threads, DNNL.version))
-        // Everything timed in this run: fp32, bf16 where the CPU has it, and each quantized file (a mixed-precision
-        // file as its networks, each weighted by its share of the steps).
-        var contenders = [Contender(label: "ours", file: nil, parts: [(unet, 1)], duplicated: 0)]
+        // fp32 and (where the CPU has it) bf16 are timed beside each quantized file in turn, so at most three networks
+        // are loaded at once (an SD-sized UNet is several GiB in each form).
+        var base = [Contender(label: "ours", file: nil, parts: [(unet, 1)], duplicated: 0)]
         if DNNL.hasBF16 {
             // bf16 (oneDNN bf16 convolution and matmul, fp32 accumulation): the free alternative where the CPU has it.
             let bf = try DiffusionModel.load(path).network
             for l in bf.layers { l.kernel = l.makeBF16Kernel() }
-            contenders.append(Contender(label: "bf16", file: nil, parts: [(bf, 1)], duplicated: 0))
+            base.append(Contender(label: "bf16", file: nil, parts: [(bf, 1)], duplicated: 0))
         }
-        for f in (quantizedFiles ?? "").split(separator: ",").map(String.init) {
+        let files = (quantizedFiles ?? "").split(separator: ",").map(String.init)
+        var baseResults: [Int: [Result]] = [:]
+        var quantizedResults: [Int: [(contender: Contender, result: Result, bf16: Result?)]] = [:]
+        func measureGroup(_ extra: Contender?) throws {
+            for b in bs {
+                let group = base + (extra.map { [$0] } ?? [])
+                let results = try measureInterleaved(group, batch: b, convMACs: costs.convMACs)
+                // This VM's peaks move with its neighbours' load: measure again after each group of rounds and rate
+                // convs against the best figure of the run (so efficiencies are not inflated by one slow moment).
+                peaks = Self.bestPeaks(peaks, Self.measurePeaks(threads: runtime.threads))
+                if baseResults[b] == nil { baseResults[b] = Array(results.prefix(base.count)) }
+                if let extra { quantizedResults[b, default: []].append((extra, results.last!, base.count > 1 ? results[1] : nil)) }
+            }
+        }
+        if files.isEmpty { try measureGroup(nil) }
+        for f in files {
             let r = try PipelineModel(quantizedFile: f, mode: .integer)
             let dup = r.network.layers.filter { ($0.kernel as? Int8Conv2D)?.usesDuplicatedWeights == true || ($0.kernel as? Int8Linear)?.usesDuplicatedWeights == true }.count
             // Mixed precision: time every variant; throughput = 1 / Σ_v (share of steps_v / images/s_v).
@@ -75,50 +90,45 @@ struct Bench: ParsableCommand {
                 guard let plan = r.correction?.plan, r.networks.count > 1, !plan.schemes.isEmpty else { return [1] }
                 return r.networks.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
             }()
-            contenders.append(Contender(label: r.label, file: f, parts: zip(r.networks, shares).filter { $0.1 > 0 }.map { ($0.0, $0.1) },
-                                        duplicated: dup))
+            try measureGroup(Contender(label: r.label, file: f, parts: zip(r.networks, shares).filter { $0.1 > 0 }.map { ($0.0, $0.1) },
+                                       duplicated: dup))
         }
+        print("best measured peak over the run: " + peaks.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
         var ours: [[String: Any]] = [], bf16Rows: [[String: Any]] = [], qrows: [[String: Any]] = []
         for b in bs {
-            let results = try measureInterleaved(contenders, batch: b, convMACs: costs.convMACs)
-            // This VM's peaks move with its neighbours' load: measure again after the rounds and rate convs against the
-            // best figure of the run (so efficiencies are not inflated by a slow moment at the start).
-            let again = Self.measurePeaks(threads: runtime.threads)
-            print("measured peak again after batch \(b): " + again.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
-            peaks = Self.bestPeaks(peaks, again)
-            for (c, r) in zip(contenders, results) {
-                let paired = r.pairedSpeedup.map { String(format: " (paired rounds %.2f–%.2f×)", $0.lo, $0.hi) } ?? ""
-                switch c.label {
-                case "ours":
-                    let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
-                    print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of the best measured fp32 peak%@",
-                                 b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
-                    ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
-                                 "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff, "rounds": r.rounds,
-                                 "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
-                                 "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
-                case "bf16" where c.file == nil:
-                    print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×%@%@",
-                                 b, r.imagesPerSecond, r.msPerForward, r.convGflops, r.speedup, paired, r.memoryNote))
-                    bf16Rows.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.speedup,
-                                     "speedup_vs_fp32_paired": r.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull()])
-                default:
-                    let eff = peaks.int8.map { r.convGflops / $0 } ?? .nan
-                    print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of the best measured int8 peak  →  %@/fp32 = %.2f×%@%@%@",
-                                 c.label.padding(toLength: max(6, c.label.count), withPad: " ", startingAt: 0), b, r.imagesPerSecond, r.msPerForward,
-                                 r.convGflops, 100 * eff, c.label, r.speedup, paired,
-                                 c.duplicated > 0 ? " (\(c.duplicated) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", r.memoryNote))
-                    let bfIndex = contenders.firstIndex { $0.label == "bf16" && $0.file == nil }
-                    let vsBF16 = bfIndex.map { r.imagesPerSecond / results[$0].imagesPerSecond }
-                    if let vsBF16 { print(String(format: "                  %@/bf16 = %.2f×", c.label, vsBF16)) }
-                    qrows.append(["file": c.file ?? "", "label": c.label, "batch": b, "images_per_s": r.imagesPerSecond,
-                                  "speedup_vs_bf16": vsBF16 ?? NSNull(),
-                                  "ms_per_forward": r.msPerForward, "speedup_vs_fp32": r.speedup,
-                                  "speedup_vs_fp32_paired": r.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull(),
-                                  "conv_gops": r.convGflops, "conv_fraction_of_int8_peak": eff,
-                                  "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
-                                  "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
-                }
+            let baseLine = baseResults[b]!
+            let r = baseLine[0]
+            let eff = peaks.fp32.map { r.convGflops / $0 } ?? .nan
+            print(String(format: "ours   batch %3d: %9.2f img/s  %8.2f ms/forward  %6.1f GFLOP/s overall  conv %6.1f GFLOP/s = %4.1f%% of the best measured fp32 peak%@",
+                         b, r.imagesPerSecond, r.msPerForward, 2 * gmac * r.imagesPerSecond, r.convGflops, 100 * eff, r.memoryNote))
+            ours.append(["batch": b, "images_per_s": r.imagesPerSecond, "ms_per_forward": r.msPerForward,
+                         "conv_gflops": r.convGflops, "conv_fraction_of_peak": eff, "rounds": r.rounds,
+                         "rss_after_warmup_bytes": r.residentBytes ?? NSNull(), "peak_above_rss_bytes": r.peakAboveBytes ?? NSNull(),
+                         "activation_peak_bytes": r.activationPeakBytes ?? NSNull()])
+            if baseLine.count > 1 {
+                let bf = baseLine[1]
+                let paired = bf.pairedSpeedup.map { String(format: " (paired rounds %.2f–%.2f×)", $0.lo, $0.hi) } ?? ""
+                print(String(format: "bf16   batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f GFLOP/s  →  bf16/fp32 = %.2f×%@%@",
+                             b, bf.imagesPerSecond, bf.msPerForward, bf.convGflops, bf.speedup, paired, bf.memoryNote))
+                bf16Rows.append(["batch": b, "images_per_s": bf.imagesPerSecond, "ms_per_forward": bf.msPerForward, "speedup_vs_fp32": bf.speedup,
+                                 "speedup_vs_fp32_paired": bf.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull()])
+            }
+            for (c, q, bf) in quantizedResults[b] ?? [] {
+                let eff = peaks.int8.map { q.convGflops / $0 } ?? .nan
+                let paired = q.pairedSpeedup.map { String(format: " (paired rounds %.2f–%.2f×)", $0.lo, $0.hi) } ?? ""
+                print(String(format: "%@ batch %3d: %9.2f img/s  %8.2f ms/forward  conv %6.1f G(int)OP/s = %4.1f%% of the best measured int8 peak  →  %@/fp32 = %.2f×%@%@%@",
+                             c.label.padding(toLength: max(6, c.label.count), withPad: " ", startingAt: 0), b, q.imagesPerSecond, q.msPerForward,
+                             q.convGflops, 100 * eff, c.label, q.speedup, paired,
+                             c.duplicated > 0 ? " (\(c.duplicated) layers with 8-bit weights run as hi+lo halves: no VNNI)" : "", q.memoryNote))
+                let vsBF16 = bf.map { q.imagesPerSecond / $0.imagesPerSecond }
+                if let vsBF16 { print(String(format: "                  %@/bf16 = %.2f×", c.label, vsBF16)) }
+                qrows.append(["file": c.file ?? "", "label": c.label, "batch": b, "images_per_s": q.imagesPerSecond,
+                              "speedup_vs_bf16": vsBF16 ?? NSNull(),
+                              "ms_per_forward": q.msPerForward, "speedup_vs_fp32": q.speedup,
+                              "speedup_vs_fp32_paired": q.pairedSpeedup.map { [$0.lo, $0.median, $0.hi] } ?? NSNull(),
+                              "conv_gops": q.convGflops, "conv_fraction_of_int8_peak": eff,
+                              "rss_after_warmup_bytes": q.residentBytes ?? NSNull(), "peak_above_rss_bytes": q.peakAboveBytes ?? NSNull(),
+                              "activation_peak_bytes": q.activationPeakBytes ?? NSNull()])
             }
         }
         var report: [String: Any] = ["model": path, "threads": runtime.threads, "gmac_per_image": gmac, "ours": ours,
