@@ -32,7 +32,7 @@ struct Ablation: ParsableCommand {
     @Flag(name: .customLong("keep-negative-k"), help: "fit k_t without PTQD's clamp at 0 (a separate file, rows marked 'k unclamped'): does the clamp throw signal away?")
     var keepNegativeK = false
     @Flag(name: .customLong("quantize-attention"), help: "also quantize attention (q, k, v at the activation bits, softmax at 8 bits)") var quantizeAttention = false
-    @Flag(help: "reuse OUT/<scheme>.safetensors if it exists") var reuse = false
+    @Flag(help: "reuse OUT/<scheme>.safetensors if it exists, and every row already evaluated with the same arguments from it") var reuse = false
     @Flag(help: "no progress on stderr") var quiet = false
 
     func validate() throws {
@@ -64,7 +64,8 @@ struct Ablation: ParsableCommand {
                          "--stats-trajectories", "\(statsTrajectories)", "--correct", "ptqd", "--seed", "\(seed)", "--out", file] + common
         if keepNegativeK { quantizeArgs.append("--keep-negative-k") }
         if quantizeAttention { quantizeArgs.append("--quantize-attention") }
-        if !(reuse && FileManager.default.fileExists(atPath: file)) {
+        let requantize = !(reuse && FileManager.default.fileExists(atPath: file))
+        if requantize {
             note("ablation: ptqd quantize \(quantizeArgs.joined(separator: " "))")
             let q = try Quantize.parse(quantizeArgs)
             try Invocation.with(["quantize"] + quantizeArgs) { try q.run() }
@@ -86,9 +87,19 @@ struct Ablation: ParsableCommand {
             let dir = base.appendingPathComponent(rowDirectory(i, tag: tag)).path
             let args = evalBase + rows[i].args + ["--out", dir]
             commands.append("ptqd evaluate " + args.joined(separator: " "))
-            note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
-            let e = try Evaluate.parse(args)
-            try Invocation.with(["evaluate"] + args) { try e.run() }
+            // A row finished by an earlier run with the same arguments on the same (reused) file is not evaluated again.
+            let stamp = dir + "/ablation-row-args.json"
+            let key = String(decoding: try JSONSerialization.data(withJSONObject: args), as: UTF8.self)
+            let needed = [dir + "/report.json"] + (i == 0 ? [dir + "/report-fp32.json"] : [])
+            if reuse && !requantize && (try? String(contentsOfFile: stamp, encoding: .utf8)) == key
+                && needed.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
+                note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name): reused \(dir)/report.json")
+            } else {
+                note("ablation: row \(i + 1)/\(rows.count) \(rows[i].name)")
+                let e = try Evaluate.parse(args)
+                try Invocation.with(["evaluate"] + args) { try e.run() }
+                try AtomicFile.write(key, to: stamp)
+            }
             rows[i].report = try EvaluationReport.read(path: dir + "/report.json")
             if fpReport == nil {
                 fpReport = try EvaluationReport.read(path: dir + "/report-fp32.json")
@@ -104,7 +115,7 @@ struct Ablation: ParsableCommand {
             let m = r.metrics, c = r.cost
             let psnr = m.psnr.map { String(format: "%.2f / %.2f", $0.mean, $0.p5) } ?? "–"
             let ssim = m.ssim.map { String(format: "%.4f / %.4f", $0.mean, $0.p5) } ?? "–"
-            return [name] + [m.fid, m.inceptionScoreMean, m.precision, m.recall].map { String(format: "%.3f", $0 ?? .nan) } + [psnr, ssim]
+            return [name] + [m.fid, m.inceptionScoreMean, m.precision, m.recall].map { $0.map { String(format: "%.3f", $0) } ?? "–" } + [psnr, ssim]
                 + [String(format: "%.2f", (c.bopsPerForward ?? .nan) / 1e9), String(format: "%.2f", Double(c.modelFileBytes ?? 0) / 1e6),
                    String(format: "%.2f", c.imagesPerSecond ?? .nan)]
         }
