@@ -9,8 +9,9 @@
 // unsigned with zero point 0, before the two activation×activation products. The products then run on
 // exactly the grid values an integer kernel would see, in fp32 arithmetic (exact while the integer sums
 // stay below 2^24: d·qmax² for q·kᵀ, L·255·qmax for P·v; beyond that fp32 rounds them at 2^-24 relative).
-// That is the simulation (the reference) and the default. With `integerProducts` (a quantized file in integer mode
-// with `PTQD_INTEGER_ATTENTION=1`, see `IntegerAttention.isEnabled`) the products run as u8 × s8 matmuls in oneDNN
+// That is the simulation (the reference, and what `--simulate` and calibration run). With `integerProducts` (a
+// quantized file in integer mode; `PTQD_INTEGER_ATTENTION=0` turns it off, see `IntegerAttention.isEnabled`) the
+// products run as u8 × s8 matmuls in oneDNN
 // (`TensorCore.IntegerAttention`) wherever they are exact — VNNI and AMX CPUs; elsewhere the simulation runs. The two differ only where the simulation's fp32 sums move a probability across a
 // rounding boundary of its 8-bit grid.
 //

@@ -70,15 +70,16 @@ struct Bench: ParsableCommand {
         let files = (quantizedFiles ?? "").split(separator: ",").map(String.init)
         var baseResults: [Int: [Result]] = [:]
         var quantizedResults: [Int: [(contender: Contender, result: Result, bf16: Result?)]] = [:]
-        func measureGroup(_ extra: Contender?) throws {
+        func measureGroup(_ extra: Contender?, twin: Contender? = nil) throws {
             for b in bs {
-                let group = base + (extra.map { [$0] } ?? [])
+                let group = base + (extra.map { [$0] } ?? []) + (twin.map { [$0] } ?? [])
                 let results = try measureInterleaved(group, batch: b, convMACs: costs.convMACs)
                 // This VM's peaks move with its neighbours' load: measure again after each group of rounds and rate
                 // convs against the best figure of the run (so efficiencies are not inflated by one slow moment).
                 peaks = Self.bestPeaks(peaks, Self.measurePeaks(threads: runtime.threads))
                 if baseResults[b] == nil { baseResults[b] = Array(results.prefix(base.count)) }
-                if let extra { quantizedResults[b, default: []].append((extra, results.last!, base.count > 1 ? results[1] : nil)) }
+                if let extra { quantizedResults[b, default: []].append((extra, results[base.count], base.count > 1 ? results[1] : nil)) }
+                if let twin { quantizedResults[b, default: []].append((twin, results[base.count + 1], base.count > 1 ? results[1] : nil)) }
             }
         }
         if files.isEmpty { try measureGroup(nil) }
@@ -90,8 +91,17 @@ struct Bench: ParsableCommand {
                 guard let plan = r.correction?.plan, r.networks.count > 1, !plan.schemes.isEmpty else { return [1] }
                 return r.networks.indices.map { v in Double(plan.schemes.filter { $0 == v }.count) / Double(plan.schemes.count) }
             }()
-            try measureGroup(Contender(label: r.label, file: f, parts: zip(r.networks, shares).filter { $0.1 > 0 }.map { ($0.0, $0.1) },
-                                       duplicated: dup))
+            let contender = Contender(label: r.label, file: f, parts: zip(r.networks, shares).filter { $0.1 > 0 }.map { ($0.0, $0.1) },
+                                      duplicated: dup)
+            // A file with quantized attention runs its two products in integers where that is exact (VNNI, AMX): time
+            // their fp32 simulation in the same rounds too, so the choice stays measured.
+            let attention = r.networks.contains { $0.attentions.contains { $0.site.quantization != nil } }
+            if attention && IntegerAttention.isExactOnThisCPU && integerAttentionByDefault {
+                try measureGroup(contender, twin: Contender(label: r.label + " sim-attn", file: f, parts: contender.parts,
+                                                            duplicated: dup, integerAttention: false))
+            } else {
+                try measureGroup(contender)
+            }
         }
         print("best measured peak over the run: " + peaks.all.map { String(format: "%@ %.0f G/s", $0.0.description, $0.1) }.joined(separator: ", "))
         var ours: [[String: Any]] = [], bf16Rows: [[String: Any]] = [], qrows: [[String: Any]] = []
@@ -184,6 +194,9 @@ struct Bench: ParsableCommand {
         let parts: [(network: Denoiser, share: Double)]
         /// Layers whose 8-bit weights run as hi+lo halves (no VNNI).
         let duplicated: Int
+        /// For files with quantized attention: true runs the two attention products in integers (`IntegerAttention`),
+        /// false their fp32 simulation; nil = as the process is configured. Set around this contender's forwards only.
+        var integerAttention: Bool? = nil
     }
 
     /// Per mix, the larger of two measurements.
@@ -244,6 +257,8 @@ struct Bench: ParsableCommand {
         var memory: [[(resident: Int?, peakAbove: Int?, activations: Int)]] = []
         for c in contenders {
             var m: [(resident: Int?, peakAbove: Int?, activations: Int)] = []
+            IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
+            defer { IntegerAttention.isEnabled = integerAttentionByDefault }
             for (n, _) in c.parts {
                 for _ in 0..<2 { _ = try forward(n) }
                 TensorStorage.resetPeakLive()
@@ -258,6 +273,8 @@ struct Bench: ParsableCommand {
         while times[0].count < 5 || spent.contains(where: { $0 < seconds }) {
             for (i, c) in contenders.enumerated() {
                 var round = 0.0, wall = 0.0
+                IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
+                defer { IntegerAttention.isEnabled = integerAttentionByDefault }
                 for (n, share) in c.parts { let s = try forward(n); round += share * s; wall += s }
                 times[i].append(round)
                 spent[i] += wall
@@ -270,6 +287,8 @@ struct Bench: ParsableCommand {
         for (i, c) in contenders.enumerated() {
             let med = median(times[i])
             var convSeconds = 0.0
+            IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
+            defer { IntegerAttention.isEnabled = integerAttentionByDefault }
             for (n, share) in c.parts { convSeconds += share * (try convTime(n, x: x, t: t, cond: cond, reps: 3)) }
             var r = Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
                            convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9)
@@ -323,6 +342,9 @@ struct Bench: ParsableCommand {
         for _ in 0..<reps { _ = try unet.forward(x, timesteps: t, conditioning: cond) }
         return timed.reduce(0) { $0 + $1.seconds } / Double(reps)
     }
+
+    /// `IntegerAttention.isEnabled` as the process started (PTQD_INTEGER_ATTENTION=0 turns it off).
+    var integerAttentionByDefault: Bool { ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] != "0" }
 
     /// Runs tools/bench_torch.py as the PyTorch peer; nil (with a note) if it cannot run.
     func runPeer(modelPath: String) throws -> [String: Any]? {

@@ -54,11 +54,12 @@ public final class IntegerAttention: @unchecked Sendable {
         self.heads = heads; self.headDim = headDim
     }
 
-    /// Whether quantized files in integer mode use this path (`PTQD_INTEGER_ATTENTION=1`); off by default, because
-    /// on the Xeon it was measured on (docs/benchmarks.md, session 12) it was not reliably faster than the fp32
-    /// simulation: SD-1.5-shaped UNet −9% to +22% per forward across runs, cin256-shaped +13% slower. Off, the
-    /// products run on the same grid values in fp32.
-    nonisolated(unsafe) public static var isEnabled: Bool = ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] == "1"
+    /// Whether quantized files in integer mode use this path where it is exact (default; `PTQD_INTEGER_ATTENTION=0`
+    /// runs the fp32 simulation of the same grid values instead). Measured against the simulation of the same files
+    /// in the same interleaved rounds (docs/benchmarks.md, session 13): SD-1.5-shaped W8A8 +attn 1,594 vs 1,875 ms per
+    /// forward, cin256-shaped 349 vs 351 ms (batch 1) and 666 vs 689 ms (batch 2), our small latent model 22.8 vs
+    /// 22.0 ms (batch 64).
+    nonisolated(unsafe) public static var isEnabled: Bool = ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] != "0"
 
     /// Whether oneDNN's int8 matmuls are exact on this CPU (VNNI or AMX; see the file comment).
     public static var isExactOnThisCPU: Bool { DNNL.hasVNNI }

@@ -114,8 +114,8 @@ final class LatentCLITests: CLITestCase {
         // Random weights give latents of ±50: the 8-bit attention may add at most half again to W4A8's error vs fp32.
         func rms(_ a: [Float]) -> Double { (zip(a, fp).map { Double(($0 - $1) * ($0 - $1)) }.reduce(0, +) / Double(fp.count)).squareRoot() }
         XCTAssertLessThan(rms(tensors[1]), 1.5 * rms(tensors[0]), "attention quantization error is small next to the weights' and layers'")
-        // Integer attention products (PTQD_INTEGER_ATTENTION=1; VNNI/AMX, elsewhere the simulation) against the fp32
-        // simulation of the same file.
+        // Integer attention products (the default on VNNI/AMX, elsewhere the simulation; PTQD_INTEGER_ATTENTION=1 is
+        // accepted) against the fp32 simulation of the same file.
         let intOut = tmpPath("s-int.safetensors")
         var env = ProcessInfo.processInfo.environment
         env["PTQD_INTEGER_ATTENTION"] = "1"
