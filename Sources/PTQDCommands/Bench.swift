@@ -96,7 +96,7 @@ struct Bench: ParsableCommand {
             // A file with quantized attention runs its two products in integers where that is exact (VNNI, AMX): time
             // their fp32 simulation in the same rounds too, so the choice stays measured.
             let attention = r.networks.contains { $0.attentions.contains { $0.site.quantization != nil } }
-            if attention && IntegerAttention.isExactOnThisCPU && integerAttentionByDefault {
+            if attention && IntegerAttention.isExactOnThisCPU && IntegerAttention.enabledByEnvironment {
                 try measureGroup(contender, twin: Contender(label: r.label + " sim-attn", file: f, parts: contender.parts,
                                                             duplicated: dup, integerAttention: false))
             } else {
@@ -257,14 +257,14 @@ struct Bench: ParsableCommand {
         var memory: [[(resident: Int?, peakAbove: Int?, activations: Int)]] = []
         for c in contenders {
             var m: [(resident: Int?, peakAbove: Int?, activations: Int)] = []
-            IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
-            defer { IntegerAttention.isEnabled = integerAttentionByDefault }
-            for (n, _) in c.parts {
-                for _ in 0..<2 { _ = try forward(n) }
-                TensorStorage.resetPeakLive()
-                let liveBefore = TensorStorage.liveBytes.now
-                let peak = try ProcessMemory.peakAbove { try n.forward(x, timesteps: t, conditioning: cond) }
-                m.append((peak.resident, peak.peakAbove, TensorStorage.liveBytes.peak - liveBefore))
+            try configured(c) {
+                for (n, _) in c.parts {
+                    for _ in 0..<2 { _ = try forward(n) }
+                    TensorStorage.resetPeakLive()
+                    let liveBefore = TensorStorage.liveBytes.now
+                    let peak = try ProcessMemory.peakAbove { try n.forward(x, timesteps: t, conditioning: cond) }
+                    m.append((peak.resident, peak.peakAbove, TensorStorage.liveBytes.peak - liveBefore))
+                }
             }
             memory.append(m)
         }
@@ -273,9 +273,7 @@ struct Bench: ParsableCommand {
         while times[0].count < 5 || spent.contains(where: { $0 < seconds }) {
             for (i, c) in contenders.enumerated() {
                 var round = 0.0, wall = 0.0
-                IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
-                defer { IntegerAttention.isEnabled = integerAttentionByDefault }
-                for (n, share) in c.parts { let s = try forward(n); round += share * s; wall += s }
+                try configured(c) { for (n, share) in c.parts { let s = try forward(n); round += share * s; wall += s } }
                 times[i].append(round)
                 spent[i] += wall
             }
@@ -287,9 +285,7 @@ struct Bench: ParsableCommand {
         for (i, c) in contenders.enumerated() {
             let med = median(times[i])
             var convSeconds = 0.0
-            IntegerAttention.isEnabled = c.integerAttention ?? integerAttentionByDefault
-            defer { IntegerAttention.isEnabled = integerAttentionByDefault }
-            for (n, share) in c.parts { convSeconds += share * (try convTime(n, x: x, t: t, cond: cond, reps: 3)) }
+            try configured(c) { for (n, share) in c.parts { convSeconds += share * (try convTime(n, x: x, t: t, cond: cond, reps: 3)) } }
             var r = Result(imagesPerSecond: Double(b) / med, msPerForward: med * 1e3,
                            convGflops: 2 * Double(convMACs) * Double(b) / convSeconds / 1e9)
             r.rounds = times[i].count
@@ -343,8 +339,12 @@ struct Bench: ParsableCommand {
         return timed.reduce(0) { $0 + $1.seconds } / Double(reps)
     }
 
-    /// `IntegerAttention.isEnabled` as the process started (PTQD_INTEGER_ATTENTION=0 turns it off).
-    var integerAttentionByDefault: Bool { ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] != "0" }
+    /// Runs `body` with the contender's attention mode (its `integerAttention`, else the process's), then restores it.
+    func configured(_ c: Contender, _ body: () throws -> Void) rethrows {
+        IntegerAttention.isEnabled = c.integerAttention ?? IntegerAttention.enabledByEnvironment
+        defer { IntegerAttention.isEnabled = IntegerAttention.enabledByEnvironment }
+        try body()
+    }
 
     /// Runs tools/bench_torch.py as the PyTorch peer; nil (with a note) if it cannot run.
     func runPeer(modelPath: String) throws -> [String: Any]? {

@@ -59,7 +59,9 @@ public final class IntegerAttention: @unchecked Sendable {
     /// in the same interleaved rounds (docs/benchmarks.md, session 13): SD-1.5-shaped W8A8 +attn 1,594 vs 1,875 ms per
     /// forward, cin256-shaped 349 vs 351 ms (batch 1) and 666 vs 689 ms (batch 2), our small latent model 22.8 vs
     /// 22.0 ms (batch 64).
-    nonisolated(unsafe) public static var isEnabled: Bool = ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] != "0"
+    nonisolated(unsafe) public static var isEnabled: Bool = enabledByEnvironment
+    /// `isEnabled` as the process started: true unless `PTQD_INTEGER_ATTENTION=0`.
+    public static let enabledByEnvironment = ProcessInfo.processInfo.environment["PTQD_INTEGER_ATTENTION"] != "0"
 
     /// Whether oneDNN's int8 matmuls are exact on this CPU (VNNI or AMX; see the file comment).
     public static var isExactOnThisCPU: Bool { DNNL.hasVNNI }
