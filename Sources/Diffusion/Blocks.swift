@@ -49,20 +49,25 @@ final class ResnetBlock {
             h = conv1.kernel.fusesChannelAffine ? conv1(a1.upsampledNearest2x()) : conv1(Ops.upsampleNearest2x(a1.materialize()))
         case .down: x = Ops.avgPool2x(x); h = conv1(Ops.avgPool2x(a1.materialize()))
         }
+        let skip = shortcut.map { $0(x) } ?? x
+        // With output_scale_factor 1 the skip is added in conv2's output pass (same bits as the residual pass).
+        let fuse = outputScale == 1
+        let out: Tensor
         if let timeProj, let tembSiLU {
             let t = timeProj(tembSiLU)
             if scaleShift {
                 h = norm2(h)
                 Ops.scaleShiftInPlace(h, t, silu: true)
-                h = conv2(h)
+                out = fuse ? conv2(h, plus: skip) : conv2(h)
             } else {
-                h = conv2(norm2.affine(h, preAdd: t, silu: true))
+                let a2 = norm2.affine(h, preAdd: t, silu: true)
+                out = fuse ? conv2(a2, plus: skip) : conv2(a2)
             }
         } else {
-            h = conv2(norm2.affine(h, silu: true))
+            let a2 = norm2.affine(h, silu: true)
+            out = fuse ? conv2(a2, plus: skip) : conv2(a2)
         }
-        let skip = shortcut.map { $0(x) } ?? x
-        return Ops.residual(skip, h, divisor: outputScale)
+        return fuse ? out : Ops.residual(skip, out, divisor: outputScale)
     }
 }
 
@@ -104,7 +109,8 @@ final class AttentionBlock {
             (q, k, v) = (toQ(h), toK(h), toV(h))
         }
         let o = attention(q: q, k: k, v: v, batch: n, queries: t, keys: t)
-        return Ops.residual(toOut(o.reshaped([n, hh, ww, heads * headDim])), x, divisor: rescale)
+        let projected = o.reshaped([n, hh, ww, heads * headDim])
+        return rescale == 1 ? toOut(projected, plus: x) : Ops.residual(toOut(projected), x, divisor: rescale)
     }
 }
 

@@ -85,12 +85,10 @@ final class TransformerBlock {
 
     /// x: `[N, T, dim]`, context `[N, L, D]`.
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
-        var h = x
+        let h = x  // updated in place
         Ops.addInPlace(h, attn1(norm1(h), context: nil).reshaped(h.shape))
         Ops.addInPlace(h, attn2(norm2(h), context: context).reshaped(h.shape))
-        let f = ffOut(Ops.geglu(ffIn(norm3(h))))
-        h = Ops.residual(h, f.reshaped(h.shape), divisor: 1)
-        return h
+        return ffOut(Ops.geglu(ffIn(norm3(h))), plus: h)  // [N, T, dim], as h
     }
 }
 
@@ -126,8 +124,8 @@ final class Transformer2D {
         let normed = norm.affine(x)
         var h = !linear || projIn.kernel.fusesChannelAffine ? projIn(normed) : projIn(normed.materialize().reshaped([n * hh * ww, c]))
         h = block(h.reshaped([n, hh * ww, c]), context: context)
-        let out = linear ? projOut(h.reshaped([n * hh * ww, c])) : projOut(h.reshaped([n, hh, ww, c]))
-        return Ops.residual(out.reshaped(x.shape), x, divisor: 1)
+        let out = linear ? projOut(h.reshaped([n * hh * ww, c]), plus: x) : projOut(h.reshaped([n, hh, ww, c]), plus: x)
+        return out.shape == x.shape ? out : out.reshaped(x.shape)
     }
 }
 

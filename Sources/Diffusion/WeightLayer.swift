@@ -24,6 +24,12 @@ public protocol WeightLayerKernel: AnyObject {
     var fusesChannelAffine: Bool { get }
     /// The layer on `x` upsampled ×2 (nearest); integer convs read `x` directly (same values), the default upsamples.
     func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor
+    /// `forward(x) + r`, a skip connection added to the output (`r`: as many values as the output, in its order).
+    /// Integer kernels add it in their output pass (oneDNN binary post-op: one rounding, the same bits as
+    /// `Ops.residual(forward(x), r, divisor: 1)`); the default runs that.
+    func forward(_ x: Tensor, plus r: Tensor) -> Tensor
+    /// `forward(x) + r` for a normalized activation.
+    func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor
 }
 
 extension WeightLayerKernel {
@@ -31,6 +37,13 @@ extension WeightLayerKernel {
     public func forward(_ x: ChannelAffine) -> Tensor { forward(x.materialize()) }
     public var fusesChannelAffine: Bool { false }
     public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { forward(Ops.upsampleNearest2x(x)) }
+    public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { addResidual(forward(x), r) }
+    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { addResidual(forward(x), r) }
+}
+
+/// `y + r` as a new tensor shaped like `y` (`r`: the same number of values).
+private func addResidual(_ y: Tensor, _ r: Tensor) -> Tensor {
+    Ops.residual(y, r.shape == y.shape ? r : r.reshaped(y.shape), divisor: 1)
 }
 
 extension FloatConv2D: WeightLayerKernel {}
@@ -111,6 +124,14 @@ public final class WeightLayer {
     /// Runs the layer on a normalized activation (fused into the kernel's input pass where it quantizes it).
     @inline(__always)
     public func callAsFunction(_ x: ChannelAffine) -> Tensor { kernel.forward(x) }
+
+    /// `layer(x) + r` (a skip connection; `r` has the output's number of values), fused where the kernel can.
+    @inline(__always)
+    public func callAsFunction(_ x: Tensor, plus r: Tensor) -> Tensor { kernel.forward(x, plus: r) }
+
+    /// `layer(x) + r` on a normalized activation.
+    @inline(__always)
+    public func callAsFunction(_ x: ChannelAffine, plus r: Tensor) -> Tensor { kernel.forward(x, plus: r) }
 
     /// Runs the layer on `x` upsampled ×2 (nearest): `[N, H, W, C]` read as `[N, 2H, 2W, C]`.
     @inline(__always)

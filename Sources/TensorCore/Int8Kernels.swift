@@ -16,6 +16,9 @@
 //   int32 sum is exact at twice the integer work. VNNI CPUs run the weights as they are.
 // * Skip-concatenation inputs ("shortcut splitting") have one quantizer per channel range; each
 //   part is its own u8 × s8 primitive and the second accumulates into the first's output (sum post-op).
+// * A residual added to the output (`forward(_:plus:)`: the ResNet/attention skip) is a binary-add post-op of
+//   the last part: the sum y + r is rounded once, as the separate `Ops.residual` pass rounds it, so the bits are
+//   the same and the fp32 output is written once instead of written, read back and written again.
 //
 //===----------------------------------------------------------------------===//
 
@@ -83,20 +86,26 @@ struct IntegerPart {
     var runChannels: Int { channels.count * (duplicated ? 2 : 1) }
 }
 
-/// Builds the oneDNN attribute: per-output-channel output scales (mask on dim 1) and optionally a sum post-op.
-private func int8Attr(scales: [Float], accumulate: Bool) -> dnnl_primitive_attr_t {
+/// Builds the oneDNN attribute: per-output-channel output scales (mask on dim 1), then optionally a sum post-op
+/// (accumulate into the destination) and a binary add of a tensor shaped like the destination (`residual`).
+private func int8Attr(scales: [Float], accumulate: Bool, residual: dnnl_memory_desc_t?) -> dnnl_primitive_attr_t {
     var attr: dnnl_primitive_attr_t? = nil
     dnnlCheck(dnnl_primitive_attr_create(&attr), "dnnl_primitive_attr_create")
     dnnlCheck(dnnl_primitive_attr_set_output_scales(attr, Int64(scales.count), 1 << 1, scales), "set_output_scales")
-    if accumulate {
+    if accumulate || residual != nil {
         var po: dnnl_post_ops_t? = nil
         dnnlCheck(dnnl_post_ops_create(&po), "dnnl_post_ops_create")
-        dnnlCheck(dnnl_post_ops_append_sum(po, 1.0), "dnnl_post_ops_append_sum")
+        if accumulate { dnnlCheck(dnnl_post_ops_append_sum(po, 1.0), "dnnl_post_ops_append_sum") }
+        if var r = residual { dnnlCheck(dnnl_post_ops_append_binary(po, dnnl_binary_add, &r), "dnnl_post_ops_append_binary") }
         dnnlCheck(dnnl_primitive_attr_set_post_ops(attr, po), "dnnl_primitive_attr_set_post_ops")
         dnnl_post_ops_destroy(po)
     }
     return attr!
 }
+
+/// The execution argument of the binary post-op at index `postOp` (DNNL_ARG_ATTR_MULTIPLE_POST_OP(i) | SRC_1).
+private func binaryPostOpArg(_ postOp: Int) -> Int32 { Int32(16384 * (postOp + 1)) | DNNL_ARG_SRC_1 }
+
 
 /// Integer convolution: u8 activations × s8 weights → fp32, NHWC.
 ///
@@ -107,8 +116,9 @@ public final class Int8Conv2D: @unchecked Sendable {
     public let geometry: Conv2DGeometry
     let parts: [IntegerPart]
 
-    private struct Key: Hashable { let n: Int, h: Int, w: Int }
-    private struct PartPlan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf: AlignedBuffer }
+    private struct Key: Hashable { let n: Int, h: Int, w: Int, residual: Bool }
+    /// `res`: the binary post-op's source (the residual) when the plan adds one (last part only).
+    private struct PartPlan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let res: DNNLMemory?; let weights, biasBuf: AlignedBuffer }
     private var plans: [Key: [PartPlan]] = [:]
 
     /// - Parameters:
@@ -131,31 +141,40 @@ public final class Int8Conv2D: @unchecked Sendable {
     /// Whether any part runs with hi/lo duplicated weights (2× integer work).
     public var usesDuplicatedWeights: Bool { parts.contains { $0.duplicated } }
 
-    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: false) }
+    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: false, residual: nil) }
+
+    /// `forward(x) + r` (r: `[N, OH, OW, outChannels]`), the add fused into the convolution's output pass; the same
+    /// bits as `Ops.residual(forward(x), r, divisor: 1)`.
+    public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, upsample: false, residual: r) }
+
+    /// `forward(x) + r` for a normalized activation (see `forward(_: ChannelAffine)`), the add fused as above.
+    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { run(x.source, affine: x, upsample: false, residual: r) }
 
     /// The convolution of `x` upsampled ×2 (nearest), read from `x` while writing the padded u8 input: the same
     /// result as `forward(Ops.upsampleNearest2x(x))` without writing the 4× larger fp32 tensor.
     /// - x: `[N, H, W, inChannels]`; returns `[N, OH(2H), OW(2W), outChannels]`.
-    public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: true) }
+    public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: true, residual: nil) }
 
     /// The convolution of a normalized activation: GroupNorm's affine (+ SiLU) is applied while writing the padded
     /// u8 input, so the normalized fp32 tensor is never written. Same result as `forward(x.materialize())`, bit for bit.
-    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, upsample: false) }
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, upsample: false, residual: nil) }
 
     public var fusesChannelAffine: Bool { true }
 
     /// - affine: when given, `x` is its source and each value is mapped (per sample and channel) before quantizing.
     /// - upsample: the input is `x` upsampled ×2 (nearest): input pixel (iy, ix) reads x at (iy/2, ix/2).
-    private func run(_ x: Tensor, affine: ChannelAffine?, upsample: Bool) -> Tensor {
+    /// - residual: added to the output by the last part's binary post-op.
+    private func run(_ x: Tensor, affine: ChannelAffine?, upsample: Bool, residual: Tensor?) -> Tensor {
         let g = geometry
         precondition(x.shape.count == 4 && x.shape[3] == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
         let (sh, sw) = (x.shape[1], x.shape[2])
         let up = upsample ? 1 : 0
-        let key = Key(n: x.shape[0], h: sh << up, w: sw << up)
+        let key = Key(n: x.shape[0], h: sh << up, w: sw << up, residual: residual != nil)
         let plan = plans[key] ?? makePlans(key)
         let (n, h, w) = (key.n, key.h, key.w)
         let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
         let y = Tensor(uninitialized: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
+        if let residual { precondition(residual.shape == y.shape, "int8 conv residual \(residual.shape) does not match its output \(y.shape)") }
         // Raw pointers: the per-pixel loop must not retain the affine's tensors.
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
@@ -188,10 +207,15 @@ public final class Int8Conv2D: @unchecked Sendable {
             }
             pp.src.setHandle(UnsafeMutableRawPointer(buf))
             pp.dst.setHandle(UnsafeMutableRawPointer(y.data))
-            pp.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: pp.src.memory),
-                             dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: pp.wei.memory),
-                             dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: pp.bias.memory),
-                             dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: pp.dst.memory)])
+            var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: pp.src.memory),
+                        dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: pp.wei.memory),
+                        dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: pp.bias.memory),
+                        dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: pp.dst.memory)]
+            if let res = pp.res, let residual {
+                res.setHandle(UnsafeMutableRawPointer(residual.data))
+                args.append(dnnl_exec_arg_t(arg: binaryPostOpArg(parts.count > 1 ? 1 : 0), memory: res.memory))
+            }
+            pp.prim.execute(args)
         }
         return y
     }
@@ -212,7 +236,8 @@ public final class Int8Conv2D: @unchecked Sendable {
             let strides: [Int64] = [Int64(g.stride), Int64(g.stride)], zero: [Int64] = [0, 0]
             dnnlCheck(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct, &src, &wAny,
                                                          &biasMD, &dst, strides, zero, zero), "int8 conv desc \(g)")
-            let attr = int8Attr(scales: part.outputScales, accumulate: i > 0)
+            let addsResidual = key.residual && i == parts.count - 1
+            let attr = int8Attr(scales: part.outputScales, accumulate: i > 0, residual: addsResidual ? dst : nil)
             defer { dnnl_primitive_attr_destroy(attr) }
             var pd: dnnl_primitive_desc_t? = nil
             dnnlCheck(dnnl_primitive_desc_create(&pd, &cd, attr, DNNL.shared.engine, nil), "int8 conv primitive_desc_create \(g)")
@@ -223,7 +248,7 @@ public final class Int8Conv2D: @unchecked Sendable {
             let bbuf = alignedCopy(part.accBias)
             result.append(PartPlan(prim: prim, src: DNNLMemory(&src, handle: nil), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
                                    dst: DNNLMemory(&dst, handle: nil), bias: DNNLMemory(&biasMD, handle: bbuf.pointer),
-                                   weights: wbuf, biasBuf: bbuf))
+                                   res: addsResidual ? DNNLMemory(&dst, handle: nil) : nil, weights: wbuf, biasBuf: bbuf))
         }
         plans[key] = result
         return result
@@ -239,8 +264,9 @@ public final class Int8Linear: @unchecked Sendable {
     public let outFeatures: Int
     let part: IntegerPart
 
-    private struct Plan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let weights, biasBuf: AlignedBuffer }
-    private var plans: [Int: Plan] = [:]
+    private struct Key: Hashable { let rows: Int, residual: Bool }
+    private struct Plan { let prim: DNNLPrimitive; let src, wei, dst, bias: DNNLMemory; let res: DNNLMemory?; let weights, biasBuf: AlignedBuffer }
+    private var plans: [Key: Plan] = [:]
 
     public init(inFeatures: Int, outFeatures: Int, weights q: [Int8], weightScales: [Float], bias: [Float]?,
                 input: ActivationQuantization, forceDuplicate: Bool? = nil) {
@@ -253,22 +279,29 @@ public final class Int8Linear: @unchecked Sendable {
 
     public var usesDuplicatedWeights: Bool { part.duplicated }
 
-    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil) }
+    public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, residual: nil) }
+
+    /// `forward(x) + r` (r shaped like the output), the add fused into the matmul's output pass: the same bits as
+    /// `Ops.residual(forward(x), r, divisor: 1)`.
+    public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, residual: r) }
+
+    /// `forward(x) + r` for a normalized activation, the add fused as above.
+    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { run(x.source, affine: x, residual: r) }
 
     /// The layer on a normalized activation `[N, T, inFeatures]` (rows of sample i use its scale and shift), applied
     /// while quantizing the rows. Same result as `forward(x.materialize())`, bit for bit.
-    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x) }
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, residual: nil) }
 
     public var fusesChannelAffine: Bool { true }
 
-    private func run(_ x: Tensor, affine: ChannelAffine?) -> Tensor {
+    private func run(_ x: Tensor, affine: ChannelAffine?, residual: Tensor?) -> Tensor {
         precondition(x.shape.last == inFeatures, "int8 linear expects last dim \(inFeatures), got \(x.shape)")
         let m = x.count / inFeatures
         let rowsPerSample = affine.map { $0.pixelsPerSample } ?? max(m, 1)  // no affine: the whole chunk is one run
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
         let src0 = UnsafePointer(x.data)
-        let plan = plans[m] ?? makePlan(m)
+        let plan = plans[Key(rows: m, residual: residual != nil)] ?? makePlan(Key(rows: m, residual: residual != nil))
         let rc = part.runChannels, k = inFeatures
         let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: m * rc)
         defer { buf.deallocate() }
@@ -289,24 +322,30 @@ public final class Int8Linear: @unchecked Sendable {
             }
         }
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
+        if let residual { precondition(residual.count == y.count, "int8 linear residual \(residual.shape) does not match its output \(y.shape)") }
         plan.src.setHandle(UnsafeMutableRawPointer(buf))
         plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
-        plan.prim.execute([dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
-                           dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                           dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: plan.bias.memory),
-                           dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)])
+        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: plan.bias.memory),
+                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
+        if let res = plan.res, let residual {
+            res.setHandle(UnsafeMutableRawPointer(residual.data))
+            args.append(dnnl_exec_arg_t(arg: binaryPostOpArg(0), memory: res.memory))
+        }
+        plan.prim.execute(args)
         return y
     }
 
-    private func makePlan(_ m: Int) -> Plan {
-        let rc = part.runChannels
+    private func makePlan(_ key: Key) -> Plan {
+        let m = key.rows, rc = part.runChannels
         var src = dnnlMD([m, rc], dnnl_u8, tag: dnnl_ab)
         var wAny = dnnlMD([rc, outFeatures], dnnl_s8, tag: dnnl_format_tag_any)
         var dst = dnnlMD([m, outFeatures], dnnl_f32, tag: dnnl_ab)
         var biasMD = dnnlMD([1, outFeatures], dnnl_f32, tag: dnnl_ab)
         var md = dnnl_matmul_desc_t()
         dnnlCheck(dnnl_matmul_desc_init(&md, &src, &wAny, &biasMD, &dst), "int8 matmul desc")
-        let attr = int8Attr(scales: part.outputScales, accumulate: false)
+        let attr = int8Attr(scales: part.outputScales, accumulate: false, residual: key.residual ? dst : nil)
         defer { dnnl_primitive_attr_destroy(attr) }
         var pd: dnnl_primitive_desc_t? = nil
         dnnlCheck(dnnl_primitive_desc_create(&pd, &md, attr, DNNL.shared.engine, nil), "int8 matmul primitive_desc_create")
@@ -318,8 +357,8 @@ public final class Int8Linear: @unchecked Sendable {
         let bbuf = alignedCopy(part.accBias)
         let plan = Plan(prim: prim, src: DNNLMemory(&src, handle: nil), wei: DNNLMemory(&wmd, handle: wbuf.pointer),
                         dst: DNNLMemory(&dst, handle: nil), bias: DNNLMemory(&biasMD, handle: bbuf.pointer),
-                        weights: wbuf, biasBuf: bbuf)
-        plans[m] = plan
+                        res: key.residual ? DNNLMemory(&dst, handle: nil) : nil, weights: wbuf, biasBuf: bbuf)
+        plans[key] = plan
         return plan
     }
 }

@@ -99,6 +99,48 @@ final class Int8KernelTests: XCTestCase {
         }
     }
 
+    /// A skip connection added in the integer layer's output pass (oneDNN binary-add post-op, after the skip-concat
+    /// part's sum post-op) gives the same bits as the layer followed by `Ops.residual`: single and two-part convs,
+    /// stride 2, hi/lo duplicated weights, a plain and a normalized input; the linear on a plain and a normalized input
+    /// with a residual of another shape but the same values (token rows vs pixels).
+    func testResidualAddedInOutputPassIsBitIdentical() {
+        var r = LCG(s: 23)
+        func same(_ a: Tensor, _ b: Tensor) -> Bool { a.shape == b.shape && a.array.elementsEqual(b.array) { $0.bitPattern == $1.bitPattern } }
+        let cases: [(Conv2DGeometry, [Int], Int?)] = [
+            (.init(inChannels: 16, outChannels: 32, kernel: 3, stride: 1, padding: 1), [2, 8, 8, 16], nil),
+            (.init(inChannels: 24, outChannels: 8, kernel: 3, stride: 1, padding: 1), [1, 8, 8, 24], 16),
+            (.init(inChannels: 40, outChannels: 12, kernel: 1), [3, 5, 5, 40], 8),
+            (.init(inChannels: 16, outChannels: 16, kernelH: 3, kernelW: 3, stride: 2, padTop: 0, padLeft: 0, padBottom: 1, padRight: 1), [2, 6, 6, 16], nil),
+        ]
+        for (i, (g, shape, split)) in cases.enumerated() {
+            let x = tensor(shape, &r, lo: -2, hi: 3)
+            let q = ints(g.weightCount, bits: 8, &r)
+            let ws = (0..<g.outChannels).map { _ in 0.01 + 0.02 * r.uniform() }
+            let b = (0..<g.outChannels).map { _ in r.uniform() - 0.5 }
+            let aq = (0..<(split == nil ? 1 : 2)).map { p in ActivationQuantization(lo: -0.4 - Float(p), hi: 2.5, bits: 8)! }
+            let c = g.inChannels
+            let a = Ops.groupNormAffine(x, groups: 4, gamma: (0..<c).map { _ in 0.5 + r.uniform() }, beta: (0..<c).map { _ in r.uniform() - 0.5 },
+                                        eps: 1e-5, silu: true)
+            for force: Bool? in [nil, true] {
+                let k = Int8Conv2D(geometry: g, weights: q, weightScales: ws, bias: b, inputs: aq, split: split, forceDuplicate: force)
+                let plain = k.forward(x)
+                let res = tensor(plain.shape, &r, lo: -4, hi: 4)
+                XCTAssertTrue(same(k.forward(x, plus: res), Ops.residual(plain, res, divisor: 1)), "case \(i) force \(String(describing: force))")
+                XCTAssertTrue(same(k.forward(a, plus: res), Ops.residual(k.forward(a), res, divisor: 1)), "normalized, case \(i)")
+                XCTAssertTrue(same(k.forward(x), plain), "the plain plan is unchanged after the residual plan, case \(i)")
+            }
+        }
+        let (n, t, kf, o) = (2, 15, 40, 24)
+        let x = tensor([n, t, kf], &r, lo: -2, hi: 2)
+        let lin = Int8Linear(inFeatures: kf, outFeatures: o, weights: ints(kf * o, bits: 8, &r), weightScales: (0..<o).map { _ in 0.01 + 0.01 * r.uniform() },
+                             bias: (0..<o).map { _ in r.uniform() }, input: ActivationQuantization(lo: -2, hi: 2, bits: 8)!)
+        let res = tensor([n, 3, 5, o], &r, lo: -3, hi: 3)  // the same n·t·o values, another shape
+        let plain = lin.forward(x)
+        XCTAssertTrue(same(lin.forward(x, plus: res), Ops.residual(plain, res.reshaped(plain.shape), divisor: 1)), "linear")
+        let a = Ops.groupNormAffine(x, groups: 8, gamma: (0..<kf).map { _ in r.uniform() + 0.5 }, beta: (0..<kf).map { _ in r.uniform() }, eps: 1e-6)
+        XCTAssertTrue(same(lin.forward(a, plus: res), Ops.residual(lin.forward(a), res.reshaped(plain.shape), divisor: 1)), "linear, normalized rows")
+    }
+
     func testLinearMatchesReference() {
         var r = LCG(s: 3)
         for bits in [4, 8] {
