@@ -33,12 +33,13 @@ final class TransformerAttention {
     var layers: [WeightLayer] { [toQ, toK, toV, toOut] }
 
     /// - x: `[N, T, dim]`; context: `[N, L, contextDim]` (nil = self-attention).
-    func callAsFunction(_ x: Tensor, context: Tensor?) -> Tensor {
+    /// - Returns: `to_out(attention) + residual`, `[N, T, dim]` (the add in to_out's output pass where it fuses).
+    func callAsFunction(_ x: Tensor, context: Tensor?, plus residual: Tensor) -> Tensor {
         let n = x.shape[0], t = x.shape[1]
         let q = toQ(x)
         let k: Tensor, v: Tensor
         if let c = context { (k, v) = contextProjections.projections(of: c, key: toK, value: toV) } else { k = toK(x); v = toV(x) }
-        return toOut(attention(q: q, k: k, v: v, batch: n, queries: t, keys: k.count / (n * toK.kind.outputs)))
+        return toOut(attention(q: q, k: k, v: v, batch: n, queries: t, keys: k.count / (n * toK.kind.outputs)), plus: residual)
     }
 }
 
@@ -85,10 +86,10 @@ final class TransformerBlock {
 
     /// x: `[N, T, dim]`, context `[N, L, D]`.
     func callAsFunction(_ x: Tensor, context: Tensor) -> Tensor {
-        let h = x  // updated in place
-        Ops.addInPlace(h, attn1(norm1(h), context: nil).reshaped(h.shape))
-        Ops.addInPlace(h, attn2(norm2(h), context: context).reshaped(h.shape))
-        return ffOut(Ops.geglu(ffIn(norm3(h))), plus: h)  // [N, T, dim], as h
+        // Each residual is added in the output pass of the layer before it (same bits as adding it after).
+        var h = attn1(norm1(x), context: nil, plus: x)
+        h = attn2(norm2(h), context: context, plus: h)
+        return ffOut(Ops.geglu(ffIn(norm3(h))), plus: h)  // [N, T, dim], as x
     }
 }
 
