@@ -37,9 +37,24 @@ final class ResnetBlock {
     /// - x: `[N, H, W, Cin]`; tembSiLU: `SiLU(temb)` `[N, tembChannels]` (nil for blocks without a time embedding).
     /// GroupNorm+SiLU reach conv1 and conv2 as a ``ChannelAffine``: an integer conv applies it while quantizing its
     /// input (no normalized fp32 tensor is written), an fp32 conv materializes it (same values either way).
-    func callAsFunction(_ x0: Tensor, tembSiLU: Tensor?) -> Tensor {
+    func callAsFunction(_ x0: Tensor, tembSiLU: Tensor?) -> Tensor { run(x0, skip: nil, tembSiLU: tembSiLU) }
+
+    /// The block on the channel concatenation `[x, skip]` (an up block's input). When conv1 and the shortcut both read
+    /// a concatenation from its parts (integer layers with skip-concat quantizers split at C(x)), it is never written:
+    /// GroupNorm sums each part's channels, conv1 and the shortcut quantize each part where it lies. Same bits.
+    func callAsFunction(_ x: Tensor, concatenating skip: Tensor, tembSiLU: Tensor?) -> Tensor {
+        let split = x.shape.last!
+        if resample == .none, let shortcut, conv1.kernel.readsConcatenation(split: split),
+           shortcut.kernel.readsConcatenation(split: split) {
+            return run(x, skip: skip, tembSiLU: tembSiLU)
+        }
+        return run(Ops.concatChannels(x, skip), skip: nil, tembSiLU: tembSiLU)
+    }
+
+    /// - skip: given only when conv1 and the shortcut read concatenations from their parts (resample none).
+    private func run(_ x0: Tensor, skip concatenated: Tensor?, tembSiLU: Tensor?) -> Tensor {
         var x = x0
-        let a1 = norm1.affine(x, silu: true)
+        let a1 = norm1.affine(x, concatenating: concatenated, silu: true)
         var h: Tensor
         switch resample {
         case .none: h = conv1(a1)
@@ -49,7 +64,12 @@ final class ResnetBlock {
             h = conv1.kernel.fusesChannelAffine ? conv1(a1.upsampledNearest2x()) : conv1(Ops.upsampleNearest2x(a1.materialize()))
         case .down: x = Ops.avgPool2x(x); h = conv1(Ops.avgPool2x(a1.materialize()))
         }
-        let skip = shortcut.map { $0(x) } ?? x
+        let skip: Tensor
+        if let shortcut {
+            skip = concatenated.map { shortcut.kernel.forward(x, concatenatedWith: $0) } ?? shortcut(x)
+        } else {
+            skip = x
+        }
         // With output_scale_factor 1 the skip is added in conv2's output pass (same bits as the residual pass).
         let fuse = outputScale == 1
         let out: Tensor

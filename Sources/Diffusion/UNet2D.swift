@@ -252,7 +252,7 @@ public final class UNet2D: Denoiser {
                 guard skip.shape[1] == h.shape[1], skip.shape[2] == h.shape[2] else {
                     throw ModelError.invalidInput("input size \(x0.shape[1])x\(x0.shape[2]) does not survive down/upsampling (skip \(skip.shape) vs \(h.shape))")
                 }
-                h = r(Ops.concatChannels(h, skip), tembSiLU: tembSiLU)
+                h = r(h, concatenating: skip, tembSiLU: tembSiLU)
                 if j < b.attentions.count { h = b.attentions[j](h) }
             }
             if let u = b.up { h = u(h) }

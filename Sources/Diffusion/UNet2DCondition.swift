@@ -275,7 +275,7 @@ public final class UNet2DCondition: Denoiser {
         h = midResnet2(h, tembSiLU: temb)
         for level in ups {
             for (j, r) in level.resnets.enumerated() {
-                h = r(Ops.concatChannels(h, skips.removeLast()), tembSiLU: temb)
+                h = r(h, concatenating: skips.removeLast(), tembSiLU: temb)
                 if j < level.attentions.count { h = level.attentions[j](h, context: context) }
             }
             if let u = level.resample { h = u.upsampledNearest2x(h) }

@@ -30,6 +30,12 @@ public protocol WeightLayerKernel: AnyObject {
     func forward(_ x: Tensor, plus r: Tensor) -> Tensor
     /// `forward(x) + r` for a normalized activation.
     func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor
+    /// The layer on the channel concatenation `[a, b]` (a UNet up block's input); kernels that read the two parts
+    /// where they lie (`readsConcatenation(split:)`) write no concatenated tensor, the default concatenates.
+    func forward(_ a: Tensor, concatenatedWith b: Tensor) -> Tensor
+    /// Whether `forward(_:concatenatedWith:)` and a `ChannelAffine` over a concatenation with `split` channels in its
+    /// first part are read without writing the concatenation.
+    func readsConcatenation(split: Int) -> Bool
 }
 
 extension WeightLayerKernel {
@@ -39,6 +45,8 @@ extension WeightLayerKernel {
     public func forwardUpsampledNearest2x(_ x: Tensor) -> Tensor { forward(Ops.upsampleNearest2x(x)) }
     public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { addResidual(forward(x), r) }
     public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { addResidual(forward(x), r) }
+    public func forward(_ a: Tensor, concatenatedWith b: Tensor) -> Tensor { forward(Ops.concatChannels(a, b)) }
+    public func readsConcatenation(split: Int) -> Bool { false }
 }
 
 /// `y + r` as a new tensor shaped like `y` (`r`: the same number of values).

@@ -116,8 +116,8 @@ public struct GroupNormParams {
 
     /// The normalization as a ``ChannelAffine`` for the layer that consumes it (statistics only; see
     /// ``Ops/groupNormAffine(_:groups:gamma:beta:eps:preAdd:silu:)``).
-    func affine(_ x: Tensor, preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
-        Ops.groupNormAffine(x, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu)
+    func affine(_ x: Tensor, concatenating skip: Tensor? = nil, preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
+        Ops.groupNormAffine(x, concatenating: skip, groups: groups, gamma: gamma, beta: beta, eps: eps, preAdd: preAdd, silu: silu)
     }
 }
 

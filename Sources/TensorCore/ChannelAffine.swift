@@ -13,27 +13,38 @@
 
 import CKernels
 
-/// `y[n, p, c] = source[n, p, c]·scale[n, c] + shift[n, c]`, then SiLU if `silu`.
+/// `y[n, p, c] = x[n, p, c]·scale[n, c] + shift[n, c]`, then SiLU if `silu`, where x is `source`, or the channel
+/// concatenation `[source, skip]` not yet written (a UNet up block's input: integer kernels read the two parts
+/// where they lie).
 public struct ChannelAffine {
-    /// `[N, ..., C]` (NHWC images or `[N, T, C]` token rows).
+    /// `[N, ..., C₁]` (NHWC images or `[N, T, C]` token rows).
     public let source: Tensor
-    /// `[N, C]` per-sample, per-channel factors and offsets.
+    /// `[N, ..., C₂]`: the second part of a channel concatenation, or nil.
+    public let skip: Tensor?
+    /// `[N, C]` per-sample, per-channel factors and offsets (C = C₁ + C₂).
     public let scale: Tensor
     public let shift: Tensor
     public let silu: Bool
 
-    public init(source: Tensor, scale: Tensor, shift: Tensor, silu: Bool) {
-        let n = source.shape[0], c = source.shape.last!
+    public init(source: Tensor, skip: Tensor? = nil, scale: Tensor, shift: Tensor, silu: Bool) {
+        let n = source.shape[0], c = source.shape.last! + (skip?.shape.last ?? 0)
+        if let skip {
+            precondition(Array(skip.shape.dropLast()) == Array(source.shape.dropLast()), "channel affine: concatenated parts \(source.shape) and \(skip.shape)")
+        }
         precondition(scale.shape == [n, c] && shift.shape == [n, c], "channel affine: scale/shift must be [\(n), \(c)], got \(scale.shape), \(shift.shape)")
-        self.source = source; self.scale = scale; self.shift = shift; self.silu = silu
+        self.source = source; self.skip = skip; self.scale = scale; self.shift = shift; self.silu = silu
     }
 
-    public var shape: [Int] { source.shape }
+    /// The shape of the activation (channels of both parts).
+    public var shape: [Int] { Array(source.shape.dropLast()) + [channels] }
+    /// Channels of the activation.
+    public var channels: Int { source.shape.last! + (skip?.shape.last ?? 0) }
     /// Pixels (or tokens) per sample.
     public var pixelsPerSample: Int { source.count / (source.shape[0] * source.shape.last!) }
 
-    /// The activation as a tensor (threads split samples × blocks of 64 pixels).
+    /// The activation as a tensor (threads split samples × blocks of 64 pixels; a concatenation is written first).
     public func materialize() -> Tensor {
+        let source = skip.map { Ops.concatChannels(self.source, $0) } ?? self.source
         let n = source.shape[0], c = source.shape.last!, hw = pixelsPerSample
         let y = Tensor(uninitialized: source.shape)
         let blocks = (hw + 63) / 64
@@ -51,7 +62,7 @@ public struct ChannelAffine {
 
     /// Nearest ×2 upsampling of the activation (it commutes with a per-channel map): `[N, H, W, C] → [N, 2H, 2W, C]`.
     public func upsampledNearest2x() -> ChannelAffine {
-        ChannelAffine(source: Ops.upsampleNearest2x(source), scale: scale, shift: shift, silu: silu)
+        ChannelAffine(source: Ops.upsampleNearest2x(source), skip: skip.map(Ops.upsampleNearest2x), scale: scale, shift: shift, silu: silu)
     }
 }
 

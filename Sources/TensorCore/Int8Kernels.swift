@@ -143,12 +143,24 @@ public final class Int8Conv2D: @unchecked Sendable {
 
     public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, upsample: false, residual: nil) }
 
+    /// The convolution of the channel concatenation `[a, b]`, each part read where it lies (no concatenated tensor
+    /// is written): the same bytes as `forward(Ops.concatChannels(a, b))`. Needs `readsConcatenation(split: C(a))`.
+    public func forward(_ a: Tensor, concatenatedWith b: Tensor) -> Tensor {
+        run(a, affine: nil, upsample: false, residual: nil, second: b)
+    }
+
+    /// Whether the layer can read a concatenation `[a, b]` with `split` channels in `a` from its two parts: its two
+    /// input parts (skip-concat quantizers) split exactly there.
+    public func readsConcatenation(split: Int) -> Bool { parts.count == 2 && parts[0].channels == 0..<split }
+
     /// `forward(x) + r` (r: `[N, OH, OW, outChannels]`), the add fused into the convolution's output pass; the same
     /// bits as `Ops.residual(forward(x), r, divisor: 1)`.
     public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, upsample: false, residual: r) }
 
     /// `forward(x) + r` for a normalized activation (see `forward(_: ChannelAffine)`), the add fused as above.
-    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { run(x.source, affine: x, upsample: false, residual: r) }
+    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor {
+        run(x.source, affine: x, upsample: false, residual: r, second: x.skip)
+    }
 
     /// The convolution of `x` upsampled ×2 (nearest), read from `x` while writing the padded u8 input: the same
     /// result as `forward(Ops.upsampleNearest2x(x))` without writing the 4× larger fp32 tensor.
@@ -157,16 +169,22 @@ public final class Int8Conv2D: @unchecked Sendable {
 
     /// The convolution of a normalized activation: GroupNorm's affine (+ SiLU) is applied while writing the padded
     /// u8 input, so the normalized fp32 tensor is never written. Same result as `forward(x.materialize())`, bit for bit.
-    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, upsample: false, residual: nil) }
+    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, upsample: false, residual: nil, second: x.skip) }
 
     public var fusesChannelAffine: Bool { true }
 
     /// - affine: when given, `x` is its source and each value is mapped (per sample and channel) before quantizing.
     /// - upsample: the input is `x` upsampled ×2 (nearest): input pixel (iy, ix) reads x at (iy/2, ix/2).
     /// - residual: added to the output by the last part's binary post-op.
-    private func run(_ x: Tensor, affine: ChannelAffine?, upsample: Bool, residual: Tensor?) -> Tensor {
+    /// - second: the input is the channel concatenation `[x, second]`; part 1 reads `second`.
+    private func run(_ x: Tensor, affine: ChannelAffine?, upsample: Bool, residual: Tensor?, second: Tensor? = nil) -> Tensor {
         let g = geometry
-        precondition(x.shape.count == 4 && x.shape[3] == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
+        let c1 = x.shape.last ?? 0, c2 = second?.shape.last ?? 0
+        precondition(x.shape.count == 4 && c1 + c2 == g.inChannels, "int8 conv expects [N,H,W,\(g.inChannels)], got \(x.shape)")
+        if let second {
+            precondition(Array(second.shape.dropLast()) == Array(x.shape.dropLast()), "int8 conv: concatenated parts \(x.shape) and \(second.shape)")
+            precondition(readsConcatenation(split: c1), "int8 conv: its input parts do not split at channel \(c1)")
+        }
         let (sh, sw) = (x.shape[1], x.shape[2])
         let up = upsample ? 1 : 0
         let key = Key(n: x.shape[0], h: sh << up, w: sw << up, residual: residual != nil)
@@ -178,9 +196,12 @@ public final class Int8Conv2D: @unchecked Sendable {
         // Raw pointers: the per-pixel loop must not retain the affine's tensors.
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
-        let src0 = UnsafePointer(x.data)
-        for (part, pp) in zip(parts, plan) {
+        for (pi, (part, pp)) in zip(parts, plan).enumerated() {
             let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
+            // Where this part's channels lie: in x (all channels), or in x / second for a concatenation.
+            let fromSecond = second != nil && pi == 1
+            let src0 = UnsafePointer((fromSecond ? second! : x).data), stride = second == nil ? g.inChannels : (fromSecond ? c2 : c1)
+            let srcC0 = fromSecond ? 0 : c0
             let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
             defer { buf.deallocate() }
             let z = UInt8(part.quant.zeroPoint)
@@ -193,8 +214,8 @@ public final class Int8Conv2D: @unchecked Sendable {
                     if g.padLeft > 0 { rowBase.update(repeating: z, count: g.padLeft * rc) }
                     if g.padRight > 0 { (rowBase + (g.padLeft + w) * rc).update(repeating: z, count: g.padRight * rc) }
                     // The row's w interior pixels in one call (input pixel ix reads source pixel ix >> up).
-                    let pixels = PixelRun(source: src0 + (b * sh + (iy >> up)) * sw * g.inChannels + c0,
-                                          sourceStride: g.inChannels, shift: up, pixels: w, channels: cp,
+                    let pixels = PixelRun(source: src0 + (b * sh + (iy >> up)) * sw * stride + srcC0,
+                                          sourceStride: stride, shift: up, pixels: w, channels: cp,
                                           destination: rowBase + g.padLeft * rc, destinationStride: rc,
                                           duplicate: part.duplicated)
                     if let affScale, let affShift {
@@ -286,11 +307,13 @@ public final class Int8Linear: @unchecked Sendable {
     public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, residual: r) }
 
     /// `forward(x) + r` for a normalized activation, the add fused as above.
-    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor { run(x.source, affine: x, residual: r) }
+    public func forward(_ x: ChannelAffine, plus r: Tensor) -> Tensor {
+        x.skip == nil ? run(x.source, affine: x, residual: r) : forward(x.materialize(), plus: r)
+    }
 
     /// The layer on a normalized activation `[N, T, inFeatures]` (rows of sample i use its scale and shift), applied
     /// while quantizing the rows. Same result as `forward(x.materialize())`, bit for bit.
-    public func forward(_ x: ChannelAffine) -> Tensor { run(x.source, affine: x, residual: nil) }
+    public func forward(_ x: ChannelAffine) -> Tensor { x.skip == nil ? run(x.source, affine: x, residual: nil) : forward(x.materialize()) }
 
     public var fusesChannelAffine: Bool { true }
 

@@ -39,17 +39,20 @@ public enum Ops {
     /// shift); the consumer applies it (``ChannelAffine/materialize()`` gives ``groupNorm(_:groups:gamma:beta:eps:preAdd:silu:)``).
     /// Statistics: per-channel Float sums over blocks of 64 pixels (threads split samples × blocks), folded into
     /// Double in block order, then per group mean and biased variance in Double.
-    public static func groupNormAffine(_ x: Tensor, groups: Int, gamma: [Float], beta: [Float], eps: Float,
-                                       preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
-        let n = x.shape[0], c = x.shape.last!
-        let hw = x.count / (n * c)
+    /// - skip: the second part of a channel concatenation `[x, skip]` the normalization is over, not written: its
+    ///   sums are those of the concatenated tensor's channels (each channel is summed alone, in the same order).
+    public static func groupNormAffine(_ x: Tensor, concatenating skip: Tensor? = nil, groups: Int, gamma: [Float], beta: [Float],
+                                       eps: Float, preAdd: Tensor? = nil, silu: Bool = false) -> ChannelAffine {
+        let n = x.shape[0], c1 = x.shape.last!, c = c1 + (skip?.shape.last ?? 0)
+        let hw = x.count / (n * c1)
+        if let skip { precondition(Array(skip.shape.dropLast()) == Array(x.shape.dropLast()), "GroupNorm: concatenated parts \(x.shape) and \(skip.shape)") }
         precondition(c % groups == 0, "GroupNorm: \(c) channels not divisible by \(groups) groups")
         precondition(gamma.count == c && beta.count == c, "GroupNorm affine size")
         if let p = preAdd { precondition(p.shape == [n, c], "GroupNorm preAdd must be [\(n), \(c)], got \(p.shape)") }
         let cg = c / groups
         let blocks = max((hw + 63) / 64, 1)
         // Raw pointers: the parallel loops must not retain tensors per job.
-        let xp = UnsafePointer(x.data), pre0 = preAdd.map { UnsafePointer($0.data) }
+        let xp = UnsafePointer(x.data), sp = skip.map { UnsafePointer($0.data) }, pre0 = preAdd.map { UnsafePointer($0.data) }
         // Float sums and sums of squares of every (sample, block): [N, blocks, 2, C].
         let partial = UnsafeMutablePointer<Float>.allocate(capacity: n * blocks * 2 * c)
         defer { partial.deallocate() }
@@ -58,7 +61,14 @@ public enum Ops {
             for job in range {
                 let b = job / blocks, p0 = (job % blocks) * 64, p1 = min(p0 + 64, hw)
                 let fs = partial + job * 2 * c
-                if p1 > p0 { ptqd_channel_sums(xp + (b * hw + p0) * c, p1 - p0, c, fs, fs + c) }
+                guard p1 > p0 else { continue }
+                if let sp {
+                    let c2 = c - c1
+                    ptqd_channel_sums(xp + (b * hw + p0) * c1, p1 - p0, c1, fs, fs + c)
+                    ptqd_channel_sums(sp + (b * hw + p0) * c2, p1 - p0, c2, fs + c1, fs + c + c1)
+                } else {
+                    ptqd_channel_sums(xp + (b * hw + p0) * c, p1 - p0, c, fs, fs + c)
+                }
             }
         }
         // Per sample: fold the blocks into Double in block order, then each group's mean and variance.
@@ -95,7 +105,7 @@ public enum Ops {
                 }
             }
         }
-        return ChannelAffine(source: x, scale: scale, shift: shift, silu: silu)
+        return ChannelAffine(source: x, skip: skip, scale: scale, shift: shift, silu: silu)
     }
 
     /// Row-wise softmax of `scale·x` in place: `x` is `[rows, length]`.

@@ -141,6 +141,40 @@ final class Int8KernelTests: XCTestCase {
         XCTAssertTrue(same(lin.forward(a, plus: res), Ops.residual(lin.forward(a), res.reshaped(plain.shape), divisor: 1)), "linear, normalized rows")
     }
 
+    /// A UNet up block's input `[h, skip]` read from its two parts, never written: GroupNorm's statistics over the
+    /// parts equal those over the concatenation (scale and shift bit for bit, channel counts that do and do not fill
+    /// 16-lane vectors), the normalized activation materializes to the same tensor, and an integer conv whose two
+    /// input parts split at C(h) gives the same bits from the parts as from the concatenated tensor — plain input
+    /// (the shortcut), normalized input (conv1), a residual added, hi/lo duplicated weights.
+    func testConcatenationReadFromItsParts() {
+        var r = LCG(s: 31)
+        func same(_ a: Tensor, _ b: Tensor) -> Bool { a.shape == b.shape && a.array.elementsEqual(b.array) { $0.bitPattern == $1.bitPattern } }
+        for (c1, c2, groups, k) in [(16, 16, 8, 3), (24, 40, 8, 3), (32, 16, 4, 1), (20, 12, 4, 3)] {
+            let (n, h, w) = (2, 7, 9)
+            let a = tensor([n, h, w, c1], &r, lo: -2, hi: 3), b = tensor([n, h, w, c2], &r, lo: -1, hi: 4)
+            let cat = Ops.concatChannels(a, b)
+            let c = c1 + c2
+            let gamma = (0..<c).map { _ in 0.5 + r.uniform() }, beta = (0..<c).map { _ in r.uniform() - 0.5 }
+            let whole = Ops.groupNormAffine(cat, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, silu: true)
+            let parts = Ops.groupNormAffine(a, concatenating: b, groups: groups, gamma: gamma, beta: beta, eps: 1e-5, silu: true)
+            XCTAssertTrue(same(parts.scale, whole.scale) && same(parts.shift, whole.shift), "GroupNorm statistics, \(c1)+\(c2)")
+            XCTAssertEqual(parts.shape, cat.shape)
+            XCTAssertTrue(same(parts.materialize(), whole.materialize()), "materialized, \(c1)+\(c2)")
+            let g = Conv2DGeometry(inChannels: c, outChannels: 16, kernel: k, stride: 1, padding: k / 2)
+            let q = ints(g.weightCount, bits: 8, &r)
+            let ws = (0..<16).map { _ in 0.01 + 0.02 * r.uniform() }, bias = (0..<16).map { _ in r.uniform() - 0.5 }
+            let aq = [ActivationQuantization(lo: -0.4, hi: 2.5, bits: 8)!, ActivationQuantization(lo: -1.5, hi: 4, bits: 8)!]
+            for force: Bool? in [nil, true] {
+                let conv = Int8Conv2D(geometry: g, weights: q, weightScales: ws, bias: bias, inputs: aq, split: c1, forceDuplicate: force)
+                XCTAssertTrue(conv.readsConcatenation(split: c1) && !conv.readsConcatenation(split: c1 + 1))
+                XCTAssertTrue(same(conv.forward(a, concatenatedWith: b), conv.forward(cat)), "plain, \(c1)+\(c2) k\(k)")
+                XCTAssertTrue(same(conv.forward(parts), conv.forward(whole)), "normalized, \(c1)+\(c2) k\(k)")
+                let res = tensor([n, h, w, 16], &r, lo: -2, hi: 2)
+                XCTAssertTrue(same(conv.forward(parts, plus: res), conv.forward(whole, plus: res)), "normalized + residual, \(c1)+\(c2)")
+            }
+        }
+    }
+
     func testLinearMatchesReference() {
         var r = LCG(s: 3)
         for bits in [4, 8] {
