@@ -106,6 +106,24 @@ private func int8Attr(scales: [Float], accumulate: Bool, residual: dnnl_memory_d
 /// The execution argument of the binary post-op at index `postOp` (DNNL_ARG_ATTR_MULTIPLE_POST_OP(i) | SRC_1).
 private func binaryPostOpArg(_ postOp: Int) -> Int32 { Int32(16384 * (postOp + 1)) | DNNL_ARG_SRC_1 }
 
+/// Runs an integer layer's primitive: the u8 input `x` and the fp32 output `y` bound to `src` / `dst`, weights and
+/// bias already bound; `residual` = (its memory, the tensor, the binary post-op's index) when the plan adds one.
+private func executeInt8(_ prim: DNNLPrimitive, src: DNNLMemory, _ x: UnsafeMutableRawPointer, weights: DNNLMemory,
+                         bias: DNNLMemory, dst: DNNLMemory, _ y: UnsafeMutablePointer<Float>,
+                         residual: (DNNLMemory, Tensor, Int)?) {
+    src.setHandle(x)
+    dst.setHandle(UnsafeMutableRawPointer(y))
+    var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: src.memory),
+                dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: weights.memory),
+                dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: bias.memory),
+                dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: dst.memory)]
+    if let (memory, r, postOp) = residual {
+        memory.setHandle(UnsafeMutableRawPointer(r.data))
+        args.append(dnnl_exec_arg_t(arg: binaryPostOpArg(postOp), memory: memory.memory))
+    }
+    prim.execute(args)
+}
+
 
 /// Integer convolution: u8 activations × s8 weights → fp32, NHWC.
 ///
@@ -226,17 +244,8 @@ public final class Int8Conv2D: @unchecked Sendable {
                     }
                 }
             }
-            pp.src.setHandle(UnsafeMutableRawPointer(buf))
-            pp.dst.setHandle(UnsafeMutableRawPointer(y.data))
-            var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: pp.src.memory),
-                        dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: pp.wei.memory),
-                        dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: pp.bias.memory),
-                        dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: pp.dst.memory)]
-            if let res = pp.res, let residual {
-                res.setHandle(UnsafeMutableRawPointer(residual.data))
-                args.append(dnnl_exec_arg_t(arg: binaryPostOpArg(parts.count > 1 ? 1 : 0), memory: res.memory))
-            }
-            pp.prim.execute(args)
+            executeInt8(pp.prim, src: pp.src, UnsafeMutableRawPointer(buf), weights: pp.wei, bias: pp.bias, dst: pp.dst, y.data,
+                        residual: pp.res.flatMap { m in residual.map { (m, $0, parts.count > 1 ? 1 : 0) } })
         }
         return y
     }
@@ -346,17 +355,8 @@ public final class Int8Linear: @unchecked Sendable {
         }
         let y = Tensor(uninitialized: Array(x.shape.dropLast()) + [outFeatures])
         if let residual { precondition(residual.count == y.count, "int8 linear residual \(residual.shape) does not match its output \(y.shape)") }
-        plan.src.setHandle(UnsafeMutableRawPointer(buf))
-        plan.dst.setHandle(UnsafeMutableRawPointer(y.data))
-        var args = [dnnl_exec_arg_t(arg: DNNL_ARG_SRC, memory: plan.src.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_WEIGHTS, memory: plan.wei.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_BIAS, memory: plan.bias.memory),
-                    dnnl_exec_arg_t(arg: DNNL_ARG_DST, memory: plan.dst.memory)]
-        if let res = plan.res, let residual {
-            res.setHandle(UnsafeMutableRawPointer(residual.data))
-            args.append(dnnl_exec_arg_t(arg: binaryPostOpArg(0), memory: res.memory))
-        }
-        plan.prim.execute(args)
+        executeInt8(plan.prim, src: plan.src, UnsafeMutableRawPointer(buf), weights: plan.wei, bias: plan.bias, dst: plan.dst, y.data,
+                    residual: plan.res.flatMap { m in residual.map { (m, $0, 0) } })
         return y
     }
 
