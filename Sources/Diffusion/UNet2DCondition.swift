@@ -125,8 +125,8 @@ final class Transformer2D {
         let normed = norm.affine(x)
         var h = !linear || projIn.kernel.fusesChannelAffine ? projIn(normed) : projIn(normed.materialize().reshaped([n * hh * ww, c]))
         h = block(h.reshaped([n, hh * ww, c]), context: context)
-        let out = linear ? projOut(h.reshaped([n * hh * ww, c]), plus: x) : projOut(h.reshaped([n, hh, ww, c]), plus: x)
-        return out.shape == x.shape ? out : out.reshaped(x.shape)
+        // A Linear and a 1×1 conv both read [N, H, W, C] rows, so the output has x's shape and x is added in place.
+        return projOut(h.reshaped([n, hh, ww, c]), plus: x)
     }
 }
 
