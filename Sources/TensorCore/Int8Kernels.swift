@@ -171,8 +171,8 @@ public final class Int8Conv2D: @unchecked Sendable {
     /// input parts (skip-concat quantizers) split exactly there.
     public func readsConcatenation(split: Int) -> Bool { parts.count == 2 && parts[0].channels == 0..<split }
 
-    /// `forward(x) + r` (r: `[N, OH, OW, outChannels]`), the add fused into the convolution's output pass; the same
-    /// bits as `Ops.residual(forward(x), r, divisor: 1)`.
+    /// `forward(x) + r` (r: the output's `N·OH·OW·outChannels` values, NHWC), the add fused into the convolution's output
+    /// pass; the same bits as `Ops.residual(forward(x), r, divisor: 1)`.
     public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, upsample: false, residual: r) }
 
     /// `forward(x) + r` for a normalized activation (see `forward(_: ChannelAffine)`), the add fused as above.
@@ -210,16 +210,15 @@ public final class Int8Conv2D: @unchecked Sendable {
         let (n, h, w) = (key.n, key.h, key.w)
         let ph = h + g.padTop + g.padBottom, pw = w + g.padLeft + g.padRight
         let y = Tensor(uninitialized: [n, g.outHeight(h), g.outWidth(w), g.outChannels])
-        if let residual { precondition(residual.shape == y.shape, "int8 conv residual \(residual.shape) does not match its output \(y.shape)") }
+        if let residual { precondition(residual.count == y.count, "int8 conv residual \(residual.shape) does not match its output \(y.shape)") }
         // Raw pointers: the per-pixel loop must not retain the affine's tensors.
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
         for (pi, (part, pp)) in zip(parts, plan).enumerated() {
             let rc = part.runChannels, cp = part.channels.count, c0 = part.channels.lowerBound
-            // Where this part's channels lie: in x (all channels), or in x / second for a concatenation.
-            let fromSecond = second != nil && pi == 1
-            let src0 = UnsafePointer((fromSecond ? second! : x).data), stride = second == nil ? g.inChannels : (fromSecond ? c2 : c1)
-            let srcC0 = fromSecond ? 0 : c0
+            // Where this part's channels lie: in x (c1 channels per pixel), or, for part 1 of a concatenation, in second.
+            let (source, stride, srcC0) = second != nil && pi == 1 ? (second!, c2, 0) : (x, c1, c0)
+            let src0 = UnsafePointer(source.data)
             let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: n * ph * pw * rc)
             defer { buf.deallocate() }
             let z = UInt8(part.quant.zeroPoint)
@@ -311,7 +310,7 @@ public final class Int8Linear: @unchecked Sendable {
 
     public func forward(_ x: Tensor) -> Tensor { run(x, affine: nil, residual: nil) }
 
-    /// `forward(x) + r` (r shaped like the output), the add fused into the matmul's output pass: the same bits as
+    /// `forward(x) + r` (r: as many values as the output, row-major), the add fused into the matmul's output pass: the same bits as
     /// `Ops.residual(forward(x), r, divisor: 1)`.
     public func forward(_ x: Tensor, plus r: Tensor) -> Tensor { run(x, affine: nil, residual: r) }
 
@@ -333,7 +332,8 @@ public final class Int8Linear: @unchecked Sendable {
         let affScale = affine.map { UnsafePointer($0.scale.data) }, affShift = affine.map { UnsafePointer($0.shift.data) }
         let silu = affine?.silu ?? false
         let src0 = UnsafePointer(x.data)
-        let plan = plans[Key(rows: m, residual: residual != nil)] ?? makePlan(Key(rows: m, residual: residual != nil))
+        let key = Key(rows: m, residual: residual != nil)
+        let plan = plans[key] ?? makePlan(key)
         let rc = part.runChannels, k = inFeatures
         let buf = UnsafeMutablePointer<UInt8>.allocate(capacity: m * rc)
         defer { buf.deallocate() }

@@ -62,13 +62,9 @@ public enum Ops {
                 let b = job / blocks, p0 = (job % blocks) * 64, p1 = min(p0 + 64, hw)
                 let fs = partial + job * 2 * c
                 guard p1 > p0 else { continue }
-                if let sp {
-                    let c2 = c - c1
-                    ptqd_channel_sums(xp + (b * hw + p0) * c1, p1 - p0, c1, fs, fs + c)
-                    ptqd_channel_sums(sp + (b * hw + p0) * c2, p1 - p0, c2, fs + c1, fs + c + c1)
-                } else {
-                    ptqd_channel_sums(xp + (b * hw + p0) * c, p1 - p0, c, fs, fs + c)
-                }
+                // Channels 0..<c1 from x, then c1..<c from the concatenated part (c1 = c without one).
+                ptqd_channel_sums(xp + (b * hw + p0) * c1, p1 - p0, c1, fs, fs + c)
+                if let sp { ptqd_channel_sums(sp + (b * hw + p0) * (c - c1), p1 - p0, c - c1, fs + c1, fs + c + c1) }
             }
         }
         // Per sample: fold the blocks into Double in block order, then each group's mean and variance.
